@@ -1,0 +1,13 @@
+"""Thin ComfyUI V3 nodes: graph types in, `model/` calls and ModelPatcher patches out. No math here."""
+
+from __future__ import annotations
+
+
+def node_list() -> list:
+    from .dreamo_loader import DreamOLoader, register_model_folders
+    from .dreamo_reference import DreamOReferenceNode
+    from .dreamo_text import DreamOTextEncode
+    from .true_cfg_guider import TrueCFGGuiderNode
+
+    register_model_folders()
+    return [DreamOLoader, DreamOReferenceNode, DreamOTextEncode, TrueCFGGuiderNode]

@@ -1,0 +1,81 @@
+"""How DreamO's embeddings reach FLUX inside ComfyUI, through public extension points only.
+
+A DIFFUSION_MODEL wrapper (registered with `ModelPatcher.add_wrapper_with_key`) sees, per forward
+pass, the latent, the conditioning's `ref_latents` and our `refcustom_dreamo` model cond. From them
+it builds the pass's `TokenLayout` and hands a post-input patch (`DreamOEmbeddingPatch`) to that
+pass only, by adding it to a copy of `transformer_options["patches"]["post_input"]`. Core FLUX
+runs that patch right after `img_in`, where DreamO adds its condition and index embeddings.
+
+A pass whose conditioning has no DreamO references (a plain negative prompt, another model's
+cond) gets no patch at all, which is exactly DreamO's true-negative branch. Nothing in core is
+replaced, and no state outlives a call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model.dreamo_conditioning import DreamOConditionEmbedding, DreamOReferenceSet, TokenLayout, tokens_for_latent
+
+DREAMO_COND_KEY = "refcustom_dreamo"
+DREAMO_WRAPPER_KEY = "refcustom_dreamo"
+DIAGONAL_REFERENCE_METHOD = "uxo"  # core FLUX's name for the diagonal layout DreamO was trained with
+
+
+class DreamOEmbeddingPatch:
+    """Post-input patch: image tokens + DreamO's condition/index embedding for one forward pass."""
+
+    def __init__(self, embedding: DreamOConditionEmbedding, layout: TokenLayout):
+        self.embedding = embedding
+        self.layout = layout
+
+    def __call__(self, kwargs: dict) -> dict:
+        return {**kwargs, "img": self.embedding(kwargs["img"], self.layout)}
+
+
+def layout_for_pass(
+    latent: torch.Tensor, ref_latents: list[torch.Tensor] | None, references: DreamOReferenceSet, patch_size: int
+) -> TokenLayout:
+    ref_latents = ref_latents or []
+    missing = [r.slot for r in references.references if r.slot >= len(ref_latents)]
+    if missing:
+        raise ValueError(
+            f"the conditioning lists DreamO references in reference-latent slots {missing}, but only "
+            f"{len(ref_latents)} reference latents reached the model. A node between the DreamO reference node "
+            "and the sampler removed them; connect the DreamO reference output straight to the sampler."
+        )
+    return TokenLayout(
+        noise_tokens=tokens_for_latent(latent.shape[-2], latent.shape[-1], patch_size),
+        reference_tokens=tuple(tokens_for_latent(r.shape[-2], r.shape[-1], patch_size) for r in ref_latents),
+        reference_indices=tuple(references.index_of_slot(slot) for slot in range(len(ref_latents))),
+    )
+
+
+class DreamOEmbeddingWrapper:
+    """DIFFUSION_MODEL wrapper that installs `DreamOEmbeddingPatch` for passes with DreamO references."""
+
+    def __init__(self, embedding: DreamOConditionEmbedding):
+        self.embedding = embedding
+
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone copies wrapper dicts; the tables are read-only, so clones share them.
+        return self
+
+    def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
+                 transformer_options={}, **kwargs):
+        references = kwargs.get(DREAMO_COND_KEY)
+        if references is None:
+            return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
+        method = kwargs.get("ref_latents_method")
+        if method != DIAGONAL_REFERENCE_METHOD:
+            raise ValueError(
+                f"DreamO references need the diagonal reference layout ('{DIAGONAL_REFERENCE_METHOD}'), but this "
+                f"conditioning uses '{method}'. Remove the FluxKontextMultiReferenceLatentMethod (or similar) node "
+                "placed after the DreamO reference node."
+            )
+        layout = layout_for_pass(x, ref_latents, references, executor.class_obj.patch_size)
+        patches = dict(transformer_options.get("patches", {}))
+        # First in line: DreamO adds its embeddings to img_in's output before any other post-input patch.
+        patches["post_input"] = [DreamOEmbeddingPatch(self.embedding, layout), *patches.get("post_input", [])]
+        options = {**transformer_options, "patches": patches}
+        return executor(x, timestep, context, y, guidance, ref_latents, control, options, **kwargs)
