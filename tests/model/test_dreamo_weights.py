@@ -10,8 +10,8 @@ from refcustom.model.dreamo_weights import (
     lora_module_names,
     read_dreamo_file,
 )
-from tests.fixtures import dreamo_files
-from tests.fixtures.dreamo_files import TINY, tiny_embedding_tables, write_official_tiny_files
+from refcustom.tests.fixtures import dreamo_files
+from refcustom.tests.fixtures.dreamo_files import TINY, tiny_embedding_tables, write_official_tiny_files
 
 
 @pytest.fixture(scope="module")
