@@ -83,4 +83,9 @@ class DreamOReferenceNode(io.ComfyNode):
     def execute(cls, conditioning, vae, image, task, ref_res, index, mask=None) -> io.NodeOutput:
         prepared = prepare_reference(image, task, ref_res, mask)
         latent = vae.encode(prepared)
+        if not bool(latent.isfinite().all()):
+            raise RuntimeError(
+                "the VAE returned NaN/inf for this reference image. Use the FLUX VAE (ae.safetensors); if it runs in "
+                "fp16, start ComfyUI with --fp32-vae or --bf16-vae."
+            )
         return io.NodeOutput(with_dreamo_reference(conditioning, latent, index), prepared)
