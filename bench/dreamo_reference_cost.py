@@ -53,9 +53,8 @@ def main() -> None:
 
     root = find_comfyui()
     sys.path.insert(0, str(root))
-    import torch
-
     import comfy.cli_args
+    import torch
 
     if not torch.cuda.is_available():
         comfy.cli_args.args.cpu = True

@@ -168,7 +168,7 @@ class DreamOConditionEmbedding(nn.Module):
         task = self.task_embedding.weight.to(device=device, dtype=dtype)
         idx = self.idx_embedding.weight.to(device=device, dtype=dtype)
         rows = [task[NOISE_TASK_ROW].expand(layout.noise_tokens, -1)]
-        for count, index in zip(layout.reference_tokens, layout.reference_indices):
+        for count, index in zip(layout.reference_tokens, layout.reference_indices, strict=True):
             if index is None:
                 rows.append(task.new_zeros(count, task.shape[1]))
             else:

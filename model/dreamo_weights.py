@@ -137,7 +137,7 @@ def convert_original_lora(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
         if len(targets) > 1 and up.shape[0] % len(targets) != 0:
             raise ValueError(f"fused qkv up matrix of {kind} block {block} has {up.shape[0]} rows, not a multiple of 3")
         ups = torch.chunk(up, len(targets), dim=0)
-        for target, up_part in zip(targets, ups):
+        for target, up_part in zip(targets, ups, strict=True):
             converted[f"{prefix}.{target}.lora_A.weight"] = down
             converted[f"{prefix}.{target}.lora_B.weight"] = up_part.contiguous()
     return converted

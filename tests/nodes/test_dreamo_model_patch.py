@@ -7,12 +7,12 @@ hand and DreamO's embedding added after `x_embedder` by a forward hook: what the
 wrapper and post-input patch, so this also proves core's "uxo" layout is DreamO's.
 """
 
-import pytest
-import torch
-
 import comfy.model_management
 import comfy.patcher_extension
 import comfy.utils
+import pytest
+import torch
+
 from refcustom.model.dreamo_conditioning import DreamOReference, DreamOReferenceSet
 from refcustom.nodes.dreamo_loader import DreamOLoader
 from refcustom.tests.fixtures.dreamo_files import expected_deltas, seed_of, tiny_embedding_tables
@@ -115,7 +115,7 @@ def diffusers_forward(model, inputs, indices=None):
     grids = [(4, 4)]
     rows = [task[1].expand(16, -1)]
     if indices is not None:
-        for ref, k in zip(inputs["refs"], indices):
+        for ref, k in zip(inputs["refs"], indices, strict=True):
             tokens.append(pack(ref))
             grids.append((ref.shape[2] // 2, ref.shape[3] // 2))
             rows.append((task[0] + idx[k]).expand(tokens[-1].shape[1], -1))

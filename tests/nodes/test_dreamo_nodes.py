@@ -1,14 +1,14 @@
 """DreamO nodes inside the real ComfyUI host: conditioning, errors, placeholders, true negative,
 batch > 1 and isolation between patched and plain models (tier 2, in-process)."""
 
-import pytest
-import torch
-
 import comfy.model_management
 import comfy.model_patcher
 import comfy.samplers
 import comfy.supported_models
 import nodes as comfy_nodes
+import pytest
+import torch
+
 from refcustom.model.dreamo_weights import DreamOEmbeddingTables
 from refcustom.nodes.dreamo_loader import DreamOLoader, DreamOWeights
 from refcustom.nodes.dreamo_patch import DREAMO_COND_KEY
