@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Make a ComfyUI host ready for refcustom's tier-2 tests. Idempotent; safe to run before every test run.
+#
+#   scripts/setup_host.sh [--require]
+#
+# 1. Find the host like tests/comfy_host.py does: $COMFYUI_PATH, a parent folder of this repository
+#    (installed as ComfyUI/custom_nodes/<name>), then ~/ComfyUI. If there is none, try to clone ComfyUI
+#    v0.8.0 (commit 3cd7b32f) into ~/ComfyUI; if that fails, say how to provide a host and exit 0
+#    (1 with --require).
+# 2. Create <host>/.venv if it is missing: torch 2.14.1 + torchvision 0.29.1, torchaudio 2.11.0, ComfyUI's
+#    requirements.txt, then this pack's requirements.txt, pytest, transformers and sentencepiece.
+# 3. Install this pack's requirements into that venv if `import diffusers, peft, safetensors, einops,
+#    kornia, accelerate` fails (and pytest if it is missing), keeping the venv's torch as it is.
+# 4. Link this repository as <host>/custom_nodes/refcustom unless a link to it is already there.
+# Progress goes to stderr; the last line on stdout is the host's path.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+COMFY_COMMIT=3cd7b32f1b7e7e90395cefe7d9f9b1f89276d8ce
+COMFY_URL=https://github.com/comfyanonymous/ComfyUI
+PACK_NAME=refcustom
+REQUIRE=0
+for arg in "$@"; do
+  case "$arg" in
+    --require) REQUIRE=1 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "setup_host.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+say() { echo "setup_host: $*" >&2; }
+PY3="$(command -v python3 || command -v python || true)"
+if [ -z "$PY3" ]; then say "no python3 on PATH"; exit 2; fi
+
+# ---- 1. the host ----
+set +e
+HOST="$("$PY3" "$REPO/tests/comfy_host.py")"
+rc=$?
+set -e
+if [ "$rc" -eq 2 ]; then exit 2; fi   # COMFYUI_PATH set to something that is not ComfyUI (message printed)
+
+no_host() {
+  say "no ComfyUI host: $1"
+  say "Provide one with COMFYUI_PATH=/path/to/ComfyUI (ComfyUI v0.8.0, commit ${COMFY_COMMIT:0:8}, with its"
+  say "own .venv), or clone $COMFY_URL into ~/ComfyUI and check out $COMFY_COMMIT, then run this script again."
+  say "Without a host only tier 1 runs (tier-2 tests are skipped)."
+  if [ "$REQUIRE" -eq 1 ]; then exit 1; fi
+  exit 0
+}
+
+if [ -z "$HOST" ]; then
+  TARGET="$HOME/ComfyUI"
+  if [ -e "$TARGET" ]; then no_host "$TARGET exists but is not a ComfyUI checkout (no main.py and comfy/)"; fi
+  say "no ComfyUI host found; cloning ComfyUI v0.8.0 into $TARGET"
+  if GIT_TERMINAL_PROMPT=0 timeout 600 git clone -q "$COMFY_URL" "$TARGET" \
+      && git -C "$TARGET" -c advice.detachedHead=false checkout -q "$COMFY_COMMIT"; then
+    HOST="$(cd "$TARGET" && pwd -P)"
+  else
+    rm -rf "$TARGET"
+    no_host "cloning $COMFY_URL failed (no network?)"
+  fi
+fi
+say "ComfyUI host: $HOST"
+PY="$HOST/.venv/bin/python"
+
+# pip must not move the venv's torch: pin whatever torch* it has while installing anything else.
+pin_torch() {
+  local pins
+  pins="$(mktemp)"
+  "$PY" - "$pins" <<'EOF'
+import importlib.metadata as md, sys
+with open(sys.argv[1], "w") as f:
+    for name in ("torch", "torchvision", "torchaudio"):
+        try:
+            f.write(f"{name}=={md.version(name)}\n")
+        except md.PackageNotFoundError:
+            pass
+EOF
+  echo "$pins"
+}
+
+# ---- 2. the venv ----
+if [ ! -x "$PY" ]; then
+  say "creating $HOST/.venv (about 2 minutes, 6.5 GB: torch 2.14.1 is a CUDA build that also runs on the CPU)"
+  "$PY3" -m venv "$HOST/.venv"
+  "$PY" -m pip install -q --upgrade pip
+  "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
+  "$PY" -m pip install -q torchaudio==2.11.0
+  PINS="$(pin_torch)"
+  "$PY" -m pip install -q -c "$PINS" -r "$HOST/requirements.txt" requests pytest
+  if [ -f "$REPO/requirements.txt" ]; then
+    "$PY" -m pip install -q -c "$PINS" -r "$REPO/requirements.txt"
+  fi
+  "$PY" -m pip install -q -c "$PINS" pytest transformers sentencepiece
+  rm -f "$PINS"
+fi
+
+# ---- 3. this pack's dependencies ----
+if ! "$PY" -c "import diffusers, peft, safetensors, einops, kornia, accelerate" >/dev/null 2>&1; then
+  say "installing refcustom's requirements into $HOST/.venv"
+  PINS="$(pin_torch)"
+  if [ -f "$REPO/requirements.txt" ]; then
+    "$PY" -m pip install -q -c "$PINS" -r "$REPO/requirements.txt"
+  else
+    "$PY" -m pip install -q -c "$PINS" diffusers peft safetensors einops kornia accelerate
+  fi
+  rm -f "$PINS"
+fi
+if ! "$PY" -c "import pytest" >/dev/null 2>&1; then
+  PINS="$(pin_torch)"
+  "$PY" -m pip install -q -c "$PINS" pytest
+  rm -f "$PINS"
+fi
+
+# ---- 4. the pack in custom_nodes/ ----
+mkdir -p "$HOST/custom_nodes"
+linked=""
+for entry in "$HOST"/custom_nodes/*; do
+  [ -e "$entry" ] || continue
+  if [ "$(cd "$entry" 2>/dev/null && pwd -P)" = "$REPO" ]; then linked="$entry"; break; fi
+done
+LINK="$HOST/custom_nodes/$PACK_NAME"
+if [ -n "$linked" ]; then
+  say "this repository is already in custom_nodes: $linked"
+elif [ -L "$LINK" ] && [ ! -e "$LINK" ]; then
+  say "replacing the dangling link $LINK -> $(readlink "$LINK")"
+  ln -sfn "$REPO" "$LINK"
+elif [ -e "$LINK" ]; then
+  say "$LINK is another copy of the pack ($(readlink -f "$LINK")); leaving it. The tests do not need it:"
+  say "their headless server links this checkout into its own base directory."
+else
+  ln -s "$REPO" "$LINK"
+  say "linked $LINK -> $REPO"
+fi
+
+echo "$HOST"

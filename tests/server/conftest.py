@@ -1,0 +1,73 @@
+"""Tier 2 against a real headless ComfyUI server (scripts/headless.py); skipped without a host.
+
+`comfy_server` (session): one server on a free loopback port with a temporary base directory holding
+custom_nodes/refcustom (a link to this checkout), models/ with the tiny official DreamO files
+(tests/fixtures/dreamo_files.py), input/ with workflows/inputs/, REFCUSTOM_TEST_FIXTURES=1 (tiny
+model loaders registered) and every RuntimeWarning printed (a NaN cast to uint8 in SaveImage shows
+up in the log each time). It is stopped at the end of the session whatever happens.
+
+`headless`: the scripts/headless.py module. Every test here that uses `comfy_server` is marked `tier2`
+(and skipped without a host); the graph-helper tests need no host and run in tier 1 as well. Nothing
+here imports ComfyUI: the server is another process, run with the host's own Python.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from refcustom.tests.comfy_host import REPO_ROOT, find_comfyui, host_python
+
+HERE = Path(__file__).resolve().parent
+
+COMFY_ROOT = find_comfyui()
+NO_HOST = "tier 2 server tests skipped: no ComfyUI host (set COMFYUI_PATH or run scripts/setup_host.sh)"
+
+
+def load_headless():
+    name = "refcustom_headless"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / "headless.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HERE in Path(str(item.path)).resolve().parents and "comfy_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.tier2)
+
+
+@pytest.fixture(scope="session")
+def headless():
+    return load_headless()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, headless):
+    if COMFY_ROOT is None:
+        pytest.skip(NO_HOST)
+    base_dir = tmp_path_factory.mktemp("comfy-server")
+    try:
+        dreamo_files = importlib.import_module("refcustom.tests.fixtures.dreamo_files")
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").endswith("dreamo_files"):
+            raise
+        warnings.warn("tests/fixtures/dreamo_files.py not found: the server has no DreamO files", stacklevel=1)
+    else:
+        dreamo_files.write_official_tiny_files(base_dir / "models")
+    server = headless.start_server(
+        COMFY_ROOT, base_dir, python=host_python(COMFY_ROOT),
+        extra_env={headless.FIXTURES_ENV: "1", "PYTHONWARNINGS": "always::RuntimeWarning"},
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
