@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 
 import pytest
@@ -128,6 +129,16 @@ def test_api_workflow_runs_on_tiny_models(comfy_server, headless, workflow):
         if size is not None and decoded_by_vae(graph, record["node_id"]):
             width, height = size
             assert image.size == (width // 8 * 8, height // 8 * 8), (record, image.size, size)
+
+
+@pytest.mark.skipif(os.environ.get("REFCUSTOM_SKIP_FULL_SIZE") == "1", reason="REFCUSTOM_SKIP_FULL_SIZE=1")
+@pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=ids(API_WORKFLOWS))
+def test_api_workflow_runs_at_its_own_size(comfy_server, headless, workflow):
+    """As shipped (1024x1024, 12-25 steps, ref_res 512); only the three model loaders are substituted."""
+    graph = headless.substitute_fixture_loaders(json.loads(workflow.read_text()))
+    width, height = headless.latent_size(graph)
+    images = run_and_check(comfy_server, graph, timeout=900)
+    assert [image.size for _, image in images] == [(width, height)]
 
 
 def test_image_upload_round_trip(comfy_server):
