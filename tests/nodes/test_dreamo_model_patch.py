@@ -14,20 +14,11 @@ import pytest
 import torch
 
 from refcustom.model.dreamo_conditioning import DreamOReference, DreamOReferenceSet
-from refcustom.nodes.dreamo_loader import DreamOLoader
 from refcustom.tests.fixtures.dreamo_files import expected_deltas, seed_of, tiny_embedding_tables
+from refcustom.tests.nodes.dreamo_loading import load_dreamo
 
 pytestmark = pytest.mark.tier2
 
-LORA_SLOTS = ("cfg_distill", "turbo", "sft", "dpo", "quality_pos", "quality_neg")
-
-
-def load_dreamo(model, **overrides):
-    args = {"dreamo_file": "dreamo.safetensors", "embedding_file": "(inside dreamo_file)", "dreamo_strength": 1.0}
-    for slot in LORA_SLOTS:
-        args[f"{slot}_lora"], args[f"{slot}_strength"] = "none", 0.0
-    args.update(overrides)
-    return DreamOLoader.execute(model, **args).args
 
 
 def patched_state_dict(model_patcher):

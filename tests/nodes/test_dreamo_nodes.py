@@ -10,24 +10,16 @@ import pytest
 import torch
 
 from refcustom.model.dreamo_weights import DreamOEmbeddingTables
-from refcustom.nodes.dreamo_loader import DreamOLoader, DreamOWeights
+from refcustom.nodes.dreamo_loader import DreamOWeights
 from refcustom.nodes.dreamo_patch import DREAMO_COND_KEY
 from refcustom.nodes.dreamo_reference import DreamOReferenceNode
 from refcustom.nodes.dreamo_text import DreamOTextEncode, tokenize_with_placeholders
 from refcustom.nodes.true_cfg_guider import TrueCFGGuiderNode, without_references
 from refcustom.tests.fixtures.dreamo_files import tiny_embedding_tables
+from refcustom.tests.nodes.dreamo_loading import load_dreamo
 
 pytestmark = pytest.mark.tier2
 
-LORA_SLOTS = ("cfg_distill", "turbo", "sft", "dpo", "quality_pos", "quality_neg")
-
-
-def load_dreamo(model, **overrides):
-    args = {"dreamo_file": "dreamo.safetensors", "embedding_file": "(inside dreamo_file)", "dreamo_strength": 1.0}
-    for slot in LORA_SLOTS:
-        args[f"{slot}_lora"], args[f"{slot}_strength"] = "none", 0.0
-    args.update(overrides)
-    return DreamOLoader.execute(model, **args).args
 
 
 def encode(clip, text):
