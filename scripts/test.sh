@@ -58,6 +58,11 @@ else
 fi
 
 echo "$TIERS"
+# Lint first: cheap, and the style anchors ask for ruff in CI (settings in pyproject.toml).
+if ! "$PY" -m ruff --version >/dev/null 2>&1; then
+  "$PY" -m pip install -q ruff >&2
+fi
+"$PY" -m ruff check . || { echo "test.sh: ruff found problems (run: $PY -m ruff check . --fix)"; exit 1; }
 set +e
 "$PY" -m pytest "${PYTEST_ARGS[@]}" "$@"
 rc=$?
