@@ -7,7 +7,9 @@ def node_list() -> list:
     from .dreamo_loader import DreamOLoader, register_model_folders
     from .dreamo_reference import DreamOReferenceNode
     from .dreamo_text import DreamOTextEncode
+    from .normalized_guidance import GuidanceBranchesNode, NormalizedGuidanceGuiderNode
     from .true_cfg_guider import TrueCFGGuiderNode
 
     register_model_folders()
-    return [DreamOLoader, DreamOReferenceNode, DreamOTextEncode, TrueCFGGuiderNode]
+    return [DreamOLoader, DreamOReferenceNode, DreamOTextEncode, TrueCFGGuiderNode,
+            NormalizedGuidanceGuiderNode, GuidanceBranchesNode]

@@ -11,20 +11,7 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io
 
-from .dreamo_patch import DREAMO_COND_KEY
-
-REFERENCE_KEYS = ("reference_latents", "reference_latents_method")
-
-
-def without_references(conditioning: list) -> list:
-    """A copy of `conditioning` with every reference latent and the DreamO model cond removed."""
-    out = []
-    for embedding, cond in conditioning:
-        cond = {k: v for k, v in cond.items() if k not in REFERENCE_KEYS}
-        if DREAMO_COND_KEY in cond.get("model_conds", {}):
-            cond["model_conds"] = {k: v for k, v in cond["model_conds"].items() if k != DREAMO_COND_KEY}
-        out.append([embedding, cond])
-    return out
+from .conditioning_edit import without_references
 
 
 class TrueNegativeCFGGuider(comfy.samplers.CFGGuider):

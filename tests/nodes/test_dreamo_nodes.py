@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from refcustom.model.dreamo_weights import DreamOEmbeddingTables
+from refcustom.nodes.conditioning_edit import without_references
 from refcustom.nodes.dreamo_loader import DreamOWeights
 from refcustom.nodes.dreamo_patch import DREAMO_COND_KEY
 from refcustom.nodes.dreamo_reference import DreamOReferenceNode
 from refcustom.nodes.dreamo_text import DreamOTextEncode, tokenize_with_placeholders
-from refcustom.nodes.true_cfg_guider import TrueCFGGuiderNode, without_references
+from refcustom.nodes.true_cfg_guider import TrueCFGGuiderNode
 from refcustom.tests.fixtures.dreamo_files import tiny_embedding_tables
 from refcustom.tests.nodes.dreamo_loading import load_dreamo
 

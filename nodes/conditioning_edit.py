@@ -1,0 +1,62 @@
+"""Edits of ComfyUI CONDITIONING lists shared by the guiders: drop references, swap the prompt.
+
+A CONDITIONING is a list of [text tokens [B, L, D], dict]. References live in the dict: core's
+`reference_latents` / `reference_latents_method` (ReferenceLatent, Kontext, DreamO) and DreamO's
+`refcustom_dreamo` model cond. Redux (StyleModelApply) appends its image tokens after the text tokens.
+Inputs are never mutated.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .dreamo_patch import DREAMO_COND_KEY
+
+REFERENCE_KEYS = ("reference_latents", "reference_latents_method")
+
+
+def without_references(conditioning: list) -> list:
+    """A copy of `conditioning` with every reference latent and the DreamO model cond removed."""
+    out = []
+    for embedding, cond in conditioning:
+        cond = {k: v for k, v in cond.items() if k not in REFERENCE_KEYS}
+        if DREAMO_COND_KEY in cond.get("model_conds", {}):
+            cond["model_conds"] = {k: v for k, v in cond["model_conds"].items() if k != DREAMO_COND_KEY}
+        out.append([embedding, cond])
+    return out
+
+
+def with_prompt_replaced(conditioning: list, neutral: list, prompt: list | None = None) -> list:
+    """`conditioning` with its text swapped for `neutral`'s, keeping references and appended Redux tokens.
+
+    prompt: the text encoding `conditioning` was built from. Needed only when image tokens were appended
+    after the text (Redux): the tokens past the prompt's length are kept. Without it the whole token
+    tensor is treated as text.
+    """
+    neutral_tokens, neutral_extra = neutral[0][0], neutral[0][1]
+    out = []
+    for tokens, cond in conditioning:
+        text_length = tokens.shape[1]
+        if prompt is not None:
+            prompt_tokens = prompt[0][0]
+            text_length = prompt_tokens.shape[1]
+            if tokens.shape[1] < text_length or not torch.equal(
+                tokens[:1, :text_length].to(prompt_tokens), prompt_tokens[:1]
+            ):
+                raise ValueError(
+                    "the `prompt` input is not the text this conditioning was built from (its tokens are not the "
+                    "conditioning's first tokens). Wire the text encode node at the start of the chain."
+                )
+        appended = tokens[:, text_length:]
+        text = neutral_tokens.to(tokens).expand(tokens.shape[0], -1, -1)
+        if "attention_mask" in cond and text.shape[1] != text_length:
+            raise ValueError(
+                f"this conditioning carries an attention mask sized for {text_length} text tokens (Redux strength "
+                f"by attention bias) but the neutral prompt encodes to {text.shape[1]}; use a shorter prompt or "
+                "Redux strength_type 'multiply'."
+            )
+        new = dict(cond)
+        if "pooled_output" in neutral_extra:
+            new["pooled_output"] = neutral_extra["pooled_output"]
+        out.append([torch.cat([text, appended], dim=1), new])
+    return out
