@@ -287,7 +287,78 @@ def wf_style() -> Graph:
     return g
 
 
-ALL = [wf_ip, wf_id, wf_multi, wf_tryon, wf_style, wf_turbo]
+def custom_sampler_tail(g: Graph, model: Out, vae: Out, guider: Out, steps: int) -> None:
+    """RandomNoise + KSamplerSelect euler + BasicScheduler simple -> SamplerCustomAdvanced -> decode -> save."""
+    noise = g.add("RandomNoise", None, None, noise_seed=SEED)
+    sampler = g.add("KSamplerSelect", None, None, sampler_name="euler")
+    sigmas = g.add("BasicScheduler", None, None, model=model, scheduler="simple", steps=steps, denoise=1.0)
+    latent = g.add("EmptySD3LatentImage", None, None, width=1024, height=1024, batch_size=1)
+    sample = g.add("SamplerCustomAdvanced", None, None, noise=noise[0], guider=guider, sampler=sampler[0],
+                   sigmas=sigmas[0], latent_image=latent[0])
+    decode = g.add("VAEDecode", None, None, samples=sample[1], vae=vae)  # slot 1 = denoised_output
+    g.add("SaveImage", None, None, images=decode[0], filename_prefix=f"refcustom/{g.name}")
+
+
+NORMALIZED_NOTE = (
+    "Normalized guidance (SynCD): Guidance Branches turns the one positive (prompt + references) into image_only "
+    "(same references, empty prompt) and negative (empty prompt, no references). The guider combines the three "
+    "predictions per step as image_only + s_I (image_only - negative) + s_T (positive - image_only), after scaling "
+    "the larger of the two directions down to the smaller one's norm (per image). s_I ramps from image_scale by "
+    "image_scale_increase over sampling. Set normalize off to compare with plain dual guidance.\n"
+    "The paper's scales (7.5 / 8 / +5) were for SDXL; guidance-distilled FLUX wants small ones: start near "
+    "text 2.0, image 1.5, increase 1.0. Three model passes per step (positive and image_only share one batched call)."
+)
+
+
+def wf_dreamo_normalized() -> Graph:
+    intro = "DreamO single subject with SynCD normalized image/text guidance, turbo LoRA, 12 steps.\n" + NORMALIZED_NOTE
+    g = Graph("dreamo_normalized_guidance", "DreamO + SynCD normalized image/text guidance", note(intro, turbo=True))
+    base = dreamo_base(g, turbo=True)
+    cond = text(g, base, "a toy from [ref#1] on a snowy mountain top, dramatic light")
+    cond = add_references(g, base, cond, [("refcustom_subject.png", "ip", "Reference 1 [ref#1] (ip)", 0)])
+    guided = g.add("FluxGuidance", None, None, conditioning=cond, guidance=GUIDANCE)
+    branches = g.add("RefCustom_GuidanceBranches", None, None, positive=guided[0], clip=base["clip"][0],
+                     neutral_prompt="")
+    guider = g.add("RefCustom_NormalizedGuidanceGuider", None, None, model=base["dreamo"][0], positive=guided[0],
+                   image_only=branches[0], negative=branches[1], text_scale=2.0, image_scale=1.5,
+                   image_scale_increase=1.0, normalize=True)
+    custom_sampler_tail(g, base["dreamo"][0], base["vae"][0], guider[0], 12)
+    return g
+
+
+KONTEXT_UNET = "flux1-kontext-dev.safetensors"
+
+
+def wf_kontext_normalized() -> Graph:
+    intro = (
+        "FLUX.1 Kontext editing with SynCD normalized guidance: core ReferenceLatent carries the input image, and "
+        "Guidance Branches / the normalized guider balance following the image against following the instruction. "
+        "No DreamO here: the guider works with any reference mechanism on the conditioning.\n" + NORMALIZED_NOTE +
+        f"\n\nFiles: diffusion_models/{KONTEXT_UNET} (black-forest-labs/FLUX.1-Kontext-dev), text_encoders/{T5}, "
+        f"text_encoders/{CLIP_L}, vae/{FLUX_VAE}. Input image: copy custom_nodes/refcustom/workflows/inputs/* into "
+        "ComfyUI/input/."
+    )
+    g = Graph("kontext_normalized_guidance", "FLUX Kontext + SynCD normalized image/text guidance", intro)
+    unet = g.add("UNETLoader", "Load FLUX.1 Kontext", LOADER_COLOR, unet_name=KONTEXT_UNET, weight_dtype="default")
+    clip = g.add("DualCLIPLoader", "Load T5-XXL + CLIP-L", LOADER_COLOR,
+                 clip_name1=T5, clip_name2=CLIP_L, type="flux", device="default")
+    vae = g.add("VAELoader", "Load FLUX VAE", LOADER_COLOR, vae_name=FLUX_VAE)
+    prompt = g.add("CLIPTextEncode", "Instruction", POSITIVE_COLOR, clip=clip[0],
+                   text="put the toy on a sunny beach, keep its colours and shape")
+    image = g.add("LoadImage", "Image to edit", None, image="refcustom_subject.png")
+    scaled = g.add("FluxKontextImageScale", None, None, image=image[0])
+    encoded = g.add("VAEEncode", None, None, pixels=scaled[0], vae=vae[0])
+    reference = g.add("ReferenceLatent", None, None, conditioning=prompt[0], latent=encoded[0])
+    guided = g.add("FluxGuidance", None, None, conditioning=reference[0], guidance=2.5)
+    branches = g.add("RefCustom_GuidanceBranches", None, None, positive=guided[0], clip=clip[0], neutral_prompt="")
+    guider = g.add("RefCustom_NormalizedGuidanceGuider", None, None, model=unet[0], positive=guided[0],
+                   image_only=branches[0], negative=branches[1], text_scale=2.0, image_scale=1.5,
+                   image_scale_increase=1.0, normalize=True)
+    custom_sampler_tail(g, unet[0], vae[0], guider[0], 20)
+    return g
+
+
+ALL = [wf_ip, wf_id, wf_multi, wf_tryon, wf_style, wf_turbo, wf_dreamo_normalized, wf_kontext_normalized]
 
 # ----------------------------------------------------------------------------------------------
 # Node definitions (/object_info) -> widgets
@@ -813,12 +884,12 @@ def make_thumbnail(g: Graph, inputs: dict) -> "Image.Image":  # noqa: F821
     for ln in wrap(g.description, 40):
         d.text((256, y), ln, fill=(230, 230, 230), anchor="mm", font=ImageFont.load_default(20))
         y += 28
-    prompt = next(n.inputs["text"] for n in g.nodes if n.class_type == "RefCustom_DreamOTextEncode")
+    prompt = next(n.inputs["text"] for n in g.nodes if n.class_type in ("RefCustom_DreamOTextEncode", "CLIPTextEncode"))
     y += 10
     for ln in wrap(f'"{prompt}"', 48)[:4]:
         d.text((256, y), ln, fill=(150, 200, 150), anchor="mm", font=ImageFont.load_default(16))
         y += 22
-    d.text((256, 490), "refcustom / DreamO (FLUX.1-dev)", fill=(140, 150, 170), anchor="mm",
+    d.text((256, 490), "refcustom / " + ("FLUX.1 Kontext" if g.name.startswith("kontext") else "DreamO (FLUX.1-dev)"), fill=(140, 150, 170), anchor="mm",
            font=ImageFont.load_default(18))
     return im
 
