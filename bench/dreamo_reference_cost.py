@@ -20,27 +20,12 @@ tokens cost and nothing more. Run with ComfyUI's python:
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-PRESETS = {
-    # hidden, heads, axes, double, single, image px, reference px, text tokens, repeats
-    "cpu-small": dict(hidden=512, heads=4, axes=[16, 56, 56], depth=2, single=4, image=512, ref=256, text=128, repeats=5),
-    "flux-1024": dict(hidden=3072, heads=24, axes=[16, 56, 56], depth=19, single=38, image=1024, ref=512, text=512, repeats=10),
-}
-
-
-def find_comfyui() -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from comfy_host import find_comfyui as find
-
-    root = find()
-    if root is None:
-        raise SystemExit("no ComfyUI host found: set COMFYUI_PATH or run scripts/setup_host.sh")
-    return root
+from random_flux import PRESETS, build_random_flux, import_host
 
 
 def main() -> None:
@@ -51,37 +36,14 @@ def main() -> None:
     cfg = dict(PRESETS[args.preset])
     repeats = args.repeats or cfg["repeats"]
 
-    root = find_comfyui()
-    sys.path.insert(0, str(root))
-    import comfy.cli_args
+    package = import_host()
+    import comfy.patcher_extension
     import torch
 
-    if not torch.cuda.is_available():
-        comfy.cli_args.args.cpu = True
-    import comfy.model_management
-    import comfy.patcher_extension
-    import comfy.supported_models
-
-    repo_parent = Path(__file__).resolve().parents[2]
-    if str(repo_parent) not in sys.path:
-        sys.path.insert(0, str(repo_parent))
-    package = Path(__file__).resolve().parents[1].name
-    dreamo_conditioning = __import__(f"{package}.model.dreamo_conditioning", fromlist=["x"])
-    dreamo_patch = __import__(f"{package}.nodes.dreamo_patch", fromlist=["x"])
-
-    device = comfy.model_management.get_torch_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    unet_config = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-                       hidden_size=cfg["hidden"], mlp_ratio=4.0, num_heads=cfg["heads"], depth=cfg["depth"],
-                       depth_single_blocks=cfg["single"], axes_dim=cfg["axes"], theta=10000, patch_size=2,
-                       qkv_bias=True, guidance_embed=True, txt_ids_dims=[])
-    model_config = comfy.supported_models.Flux(unet_config)
-    model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model({}, device=device)
-    flux = model.diffusion_model.to(device=device, dtype=dtype).eval()
-    with torch.no_grad():
-        for p in flux.parameters():
-            p.normal_(0, 0.02)
+    dreamo_conditioning = importlib.import_module(f"{package.__name__}.model.dreamo_conditioning")
+    dreamo_patch = importlib.import_module(f"{package.__name__}.nodes.dreamo_patch")
+    patcher, device, dtype = build_random_flux(cfg)
+    flux = patcher.model.diffusion_model
 
     embedding = dreamo_conditioning.DreamOConditionEmbedding(cfg["hidden"]).to(device)
     wrappers = {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {"refcustom_dreamo": [dreamo_patch.DreamOEmbeddingWrapper(embedding)]}}

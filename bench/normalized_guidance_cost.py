@@ -1,0 +1,90 @@
+"""Per-step cost of the SynCD normalized guider against ComfyUI's DualCFGGuider.
+
+Same random-weight FLUX (ComfyUI's classes), same three conditionings (prompt + one reference
+latent, neutral prompt + the reference, neutral prompt alone), same sampler and sigmas; the two
+guiders are timed interleaved in one run. Both evaluate the three branches through
+`calc_cond_batch`, so the difference is the combination itself (per-sample norms). Target: <= 1.03x.
+
+    ~/ComfyUI/.venv/bin/python bench/normalized_guidance_cost.py [--preset flux-1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import time
+
+from random_flux import PRESETS, build_random_flux, import_host
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+    cfg = dict(PRESETS[args.preset])
+    repeats = args.repeats or cfg["repeats"]
+
+    package = import_host()
+    import comfy.samplers
+    import torch
+    from comfy_extras.nodes_custom_sampler import Guider_DualCFG
+
+    guidance = importlib.import_module(f"{package.__name__}.nodes.normalized_guidance")
+    scales = importlib.import_module(f"{package.__name__}.model.guidance")
+    patcher, device, dtype = build_random_flux(cfg)
+
+    g = torch.Generator().manual_seed(0)
+    latent, ref_latent = cfg["image"] // 8, cfg["ref"] // 8
+    reference = torch.randn(1, 16, ref_latent, ref_latent, generator=g)
+
+    def cond(text_seed: int, with_reference: bool):
+        gen = torch.Generator().manual_seed(text_seed)
+        extra = {"pooled_output": torch.randn(1, 768, generator=gen), "guidance": 3.5}
+        if with_reference:
+            extra.update({"reference_latents": [reference], "reference_latents_method": "uxo"})
+        return [[torch.randn(1, cfg["text"], 4096, generator=gen), extra]]
+
+    positive, image_only, negative = cond(1, True), cond(2, True), cond(2, False)
+    dual = Guider_DualCFG(patcher)
+    dual.set_conds(positive, image_only, negative)
+    dual.set_cfg(2.0, 1.5, nested=False)  # cfg1 (text) on positive vs middle, cfg2 (image) on middle vs negative
+    ours = guidance.NormalizedGuidanceGuider(patcher)
+    ours.set_conds(positive, image_only, negative)
+    ours.set_scales(scales.GuidanceScales(text=2.0, image_start=1.5, image_increase=1.0), normalize=True)
+
+    noise = torch.randn(1, 16, latent, latent, generator=g)
+    sigmas = torch.linspace(1.0, 0.0, args.steps + 1)
+    sampler = comfy.samplers.sampler_object("euler")
+
+    def run(guider):
+        start = time.perf_counter()
+        out = guider.sample(noise, torch.zeros_like(noise), sampler, sigmas, seed=0, disable_pbar=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        assert torch.isfinite(out).all()
+        return (time.perf_counter() - start) / args.steps
+
+    guiders = {"DualCFGGuider": dual, "NormalizedGuidanceGuider": ours}
+    for guider in guiders.values():  # warm-up (loads the model)
+        run(guider)
+    times = {name: [] for name in guiders}
+    for _ in range(repeats):
+        for name, guider in guiders.items():
+            times[name].append(run(guider))
+
+    base = statistics.median(times["DualCFGGuider"])
+    print(f"device={device} dtype={dtype} preset={args.preset} image={cfg['image']}px + 1 reference {cfg['ref']}px, "
+          f"text={cfg['text']}, steps={args.steps}, repeats={repeats}, threads={torch.get_num_threads()}")
+    for name in guiders:
+        median = statistics.median(times[name])
+        print(f"{name:<26} {median:.4f} s/step  {median / base:.3f}x")
+    ratio = statistics.median(times["NormalizedGuidanceGuider"]) / base
+    print("RESULT:", f"normalized guider {ratio:.3f}x DualCFGGuider per step", "(target <= 1.03x: met)" if ratio <= 1.03
+          else "(target <= 1.03x: NOT met)")
+
+
+if __name__ == "__main__":
+    main()
