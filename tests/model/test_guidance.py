@@ -5,20 +5,7 @@ import pytest
 import torch
 
 from refcustom.model.guidance import GuidanceScales, normalized_guidance, per_sample_norm
-
-
-def numpy_reference(e0, ei, eit, s_image, s_text, normalize=True):
-    e0, ei, eit = (np.asarray(a, dtype=np.float64) for a in (e0, ei, eit))
-    out = np.empty_like(ei)
-    for b in range(ei.shape[0]):
-        g_i, g_t = ei[b] - e0[b], eit[b] - ei[b]
-        if normalize:
-            n_i, n_t = np.linalg.norm(g_i.ravel()), np.linalg.norm(g_t.ravel())
-            cap = min(n_i, n_t)
-            g_i = g_i * (min(1.0, cap / n_i) if n_i > 0 else 0.0)
-            g_t = g_t * (min(1.0, cap / n_t) if n_t > 0 else 0.0)
-        out[b] = ei[b] + s_image * g_i + s_text * g_t
-    return out
+from refcustom.tests.fixtures.guidance_reference import numpy_normalized_guidance
 
 
 def branches(seed, shape=(3, 4, 6, 5), image_gain=10.0):
@@ -34,7 +21,7 @@ def branches(seed, shape=(3, 4, 6, 5), image_gain=10.0):
 def test_matches_numpy(seed, normalize):
     e0, ei, eit = branches(seed)
     ours = normalized_guidance(e0, ei, eit, 8.0, 7.5, normalize=normalize)
-    expected = numpy_reference(e0, ei, eit, 8.0, 7.5, normalize)
+    expected = numpy_normalized_guidance(e0, ei, eit, 8.0, 7.5, normalize)
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-5, atol=1e-4)
 
 
@@ -82,7 +69,7 @@ def test_huge_norms_do_not_overflow():
     scale = 1e30  # squares overflow float32; the norm must not
     out = normalized_guidance(e0 * scale, ei * scale, eit * scale, 8.0, 7.5)
     assert torch.isfinite(out).all()
-    expected = numpy_reference(e0 * scale, ei * scale, eit * scale, 8.0, 7.5)
+    expected = numpy_normalized_guidance(e0 * scale, ei * scale, eit * scale, 8.0, 7.5)
     np.testing.assert_allclose(out.double().numpy() / scale, expected / scale, rtol=1e-4, atol=1e-3)
 
 

@@ -1,13 +1,13 @@
 """SynCD normalized guidance inside ComfyUI sampling (tier 2, in-process)."""
 
-import numpy as np
+import comfy.samplers
 import pytest
 import torch
 
-import comfy.samplers
 from refcustom.nodes.dreamo_patch import DREAMO_COND_KEY
 from refcustom.nodes.dreamo_reference import DreamOReferenceNode
 from refcustom.nodes.normalized_guidance import GuidanceBranchesNode, NormalizedGuidanceGuiderNode
+from refcustom.tests.fixtures.guidance_reference import numpy_normalized_guidance
 from refcustom.tests.nodes.dreamo_loading import load_dreamo
 
 BATCH = 2
@@ -17,18 +17,6 @@ MARKERS = {"positive": 1.0, "image_only": 2.0, "negative": 3.0}
 def marker_cond(value, tokens=4, width=32):
     return [[torch.full((1, tokens, width), value), {"pooled_output": torch.zeros(1, 32)}]]
 
-
-def reference_formula(e0, ei, eit, s_image, s_text, normalize=True):
-    """NumPy, per sample, written from the paper's formula."""
-    e0, ei, eit = (np.asarray(a, dtype=np.float64) for a in (e0, ei, eit))
-    out = np.empty_like(ei)
-    for b in range(ei.shape[0]):
-        g_i, g_t = ei[b] - e0[b], eit[b] - ei[b]
-        if normalize:
-            n_i, n_t = np.linalg.norm(g_i), np.linalg.norm(g_t)
-            g_i, g_t = g_i * min(1.0, min(n_i, n_t) / n_i), g_t * min(1.0, min(n_i, n_t) / n_t)
-        out[b] = ei[b] + s_image * g_i + s_text * g_t
-    return out
 
 
 def known_branch_model(model, known):
@@ -73,7 +61,7 @@ def test_combined_x0_is_exact_for_known_branches(tiny_flux, known, normalize):
     model, calls = known_branch_model(tiny_flux, known)
     # One Euler step from sigma 1 to 0 returns the guided x0; progress 0, so s_I = image_scale.
     out = sample_guider(model, [1.0, 0.0], normalize=normalize)
-    expected = reference_formula(known["negative"], known["image_only"], known["positive"], 2.0, 3.0, normalize)
+    expected = numpy_normalized_guidance(known["negative"], known["image_only"], known["positive"], 2.0, 3.0, normalize)
     expected = model.model.process_latent_out(torch.from_numpy(expected).float())
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     # Same shapes everywhere: ComfyUI batched all three branches into one model call.
@@ -84,7 +72,7 @@ def test_image_scale_ramps_over_sampling(tiny_flux, known):
     model, _ = known_branch_model(tiny_flux, known)
     # Euler 1 -> 0.5 -> 0: the result is the x0 of the last step, taken at sigma 0.5 = halfway (FLUX t = sigma).
     out = sample_guider(model, [1.0, 0.5, 0.0], image_scale=2.0, increase=4.0)
-    expected = reference_formula(known["negative"], known["image_only"], known["positive"], 2.0 + 0.5 * 4.0, 3.0)
+    expected = numpy_normalized_guidance(known["negative"], known["image_only"], known["positive"], 2.0 + 0.5 * 4.0, 3.0)
     torch.testing.assert_close(out, model.model.process_latent_out(torch.from_numpy(expected).float()),
                                rtol=1e-5, atol=1e-5)
 
