@@ -58,11 +58,11 @@ def resolve_weight_file(name: str) -> str:
     )
 
 
-def require_flux(model) -> comfy.ldm.flux.model.Flux:
+def require_flux(model, what: str = "DreamO") -> comfy.ldm.flux.model.Flux:
     diffusion_model = getattr(model.model, "diffusion_model", None)
     if not isinstance(model.model, comfy.model_base.Flux) or not isinstance(diffusion_model, comfy.ldm.flux.model.Flux):
         raise TypeError(
-            f"DreamO needs a FLUX.1 model (FLUX.1-dev or a FLUX.1 fine-tune, in any precision); this MODEL is "
+            f"{what} needs a FLUX.1 model (FLUX.1-dev or a FLUX.1 fine-tune, in any precision); this MODEL is "
             f"{type(model.model).__name__}. Load flux1-dev with UNETLoader or a FLUX checkpoint."
         )
     return diffusion_model

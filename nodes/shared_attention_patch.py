@@ -1,0 +1,158 @@
+"""Masked Shared Attention (SynCD) as a MODEL patch: the images of one batch share foreground.
+
+Per forward pass a DIFFUSION_MODEL wrapper reads the batch layout (`cond_or_uncond`: chunks of B
+images per conditioning) and the step (`sigmas` within `sample_sigmas`) and installs, for that pass
+only, two things through public extension points:
+
+- a post-input patch that moves image j of each shared chunk (its text and image ids) down by
+  j * (rows of one image), SynCD's tall-canvas layout: the keys image i borrows from image j keep
+  positions distinct from image i's own, while every relative position inside image j, and so its
+  own attention, is unchanged;
+- an attention override (chained with any earlier one) that runs `model.shared_attention`'s gathered
+  kernel inside each shared chunk and the original attention elsewhere.
+
+The first `full_shared_steps` steps share every image token; later steps share the masked foreground.
+A pass with nothing to share installs nothing, so it is exactly the unpatched model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from ..model.shared_attention import foreground_tokens, masked_shared_attention
+
+SHARED_ATTENTION_KEY = "refcustom_shared_attention"
+
+
+@dataclass(frozen=True)
+class SharedAttentionSettings:
+    """masks: pixel masks [B, H, W] (1 = object), one per image of the batch."""
+
+    masks: torch.Tensor
+    dilation: int = 9
+    full_shared_steps: int = 1
+    patch_negative: bool = False
+    kernel: object = field(default=masked_shared_attention, compare=False)
+
+    def foreground(self, batch: int, grid: tuple[int, int]) -> torch.Tensor:
+        if self.masks.shape[0] != batch:
+            raise ValueError(
+                f"Masked Shared Attention got {self.masks.shape[0]} masks for a batch of {batch} images; give one "
+                "MASK per image (batch the masks in the same order as the latents)."
+            )
+        tokens = foreground_tokens(self.masks, grid, self.dilation)
+        empty = [i for i in range(batch) if not bool(tokens[i].any())]
+        if empty:
+            logging.warning("refcustom: Masked Shared Attention: the masks of images %s are empty; they share nothing", empty)
+        return tokens
+
+
+def step_index(transformer_options: dict) -> int | None:
+    sigmas, schedule = transformer_options.get("sigmas"), transformer_options.get("sample_sigmas")
+    if sigmas is None or schedule is None:
+        return None
+    sigma = float(sigmas.max())
+    return int(torch.argmin((schedule.to(torch.float32).cpu() - sigma).abs()))
+
+
+class CanvasOffsetPatch:
+    """Post-input patch: image j of a shared chunk sits j image-heights lower (text ids too)."""
+
+    def __init__(self, images_per_chunk: int, shared_chunks: tuple[bool, ...]):
+        self.images_per_chunk = images_per_chunk
+        self.shared_chunks = shared_chunks
+
+    def __call__(self, kwargs: dict) -> dict:
+        img_ids, txt_ids = kwargs["img_ids"].clone(), kwargs["txt_ids"].clone()
+        rows = img_ids[..., 1].amax() + 1
+        for sample in range(img_ids.shape[0]):
+            chunk, position = divmod(sample, self.images_per_chunk)
+            if self.shared_chunks[chunk] and position:
+                img_ids[sample, :, 1] += position * rows
+                txt_ids[sample, :, 1] += position * rows
+        return {**kwargs, "img_ids": img_ids, "txt_ids": txt_ids}
+
+
+class SharedAttentionOverride:
+    """Attention override: the shared kernel inside shared chunks, the original attention elsewhere."""
+
+    def __init__(self, foreground: torch.Tensor, text_tokens: int, shared_chunks: tuple[bool, ...], kernel,
+                 previous=None):
+        self.foreground = foreground  # [B, noise tokens]
+        self.text_tokens = text_tokens
+        self.shared_chunks = shared_chunks
+        self.kernel = kernel
+        self.previous = previous
+
+    def _original(self, func, *args, **kwargs):
+        return self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
+
+    def __call__(self, func, q, k, v, heads, *args, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
+        if not skip_reshape:  # FLUX always passes [B, H, L, D]; anything else is not ours to share
+            return self._original(func, q, k, v, heads, *args, mask=mask, skip_reshape=skip_reshape,
+                                  skip_output_reshape=skip_output_reshape, **kwargs)
+        if mask is not None:
+            raise ValueError(
+                "Masked Shared Attention cannot combine with an attention mask on the same model (e.g. Redux with "
+                "strength_type 'attn_bias'); use strength_type 'multiply' or remove one of the two."
+            )
+        batch = self.foreground.shape[0]
+        image_tokens = q.shape[2] - self.text_tokens
+        # Reference tokens after the noise tokens (DreamO, Kontext) are never shared.
+        padding = image_tokens - self.foreground.shape[1]
+        foreground = torch.nn.functional.pad(self.foreground, (0, padding), value=False).to(q.device)
+        outputs = []
+        for chunk, shared in enumerate(self.shared_chunks):
+            part = slice(chunk * batch, (chunk + 1) * batch)
+            if shared:
+                outputs.append(self.kernel(q[part], k[part], v[part], self.text_tokens, foreground))
+            else:
+                outputs.append(self._original(func, q[part], k[part], v[part], heads, *args, mask=None,
+                                              skip_reshape=True, skip_output_reshape=True, **kwargs))
+        out = torch.cat(outputs, dim=0)
+        if skip_output_reshape:
+            return out
+        b, h, length, d = out.shape
+        return out.transpose(1, 2).reshape(b, length, h * d)
+
+
+class SharedAttentionWrapper:
+    """DIFFUSION_MODEL wrapper that plans each pass and installs the offset patch and the override."""
+
+    def __init__(self, settings: SharedAttentionSettings):
+        self.settings = settings
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
+                 transformer_options={}, **kwargs):
+        def plain():
+            return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
+
+        cond_or_uncond = transformer_options.get("cond_or_uncond") or [0]
+        if x.shape[0] % len(cond_or_uncond):
+            return plain()
+        batch = x.shape[0] // len(cond_or_uncond)
+        shared_chunks = tuple(c == 0 or self.settings.patch_negative for c in cond_or_uncond)
+        if batch < 2 or not any(shared_chunks):
+            return plain()
+        patch_size = executor.class_obj.patch_size
+        grid = ((x.shape[-2] + patch_size - 1) // patch_size, (x.shape[-1] + patch_size - 1) // patch_size)
+        step = step_index(transformer_options)
+        if step is not None and step < self.settings.full_shared_steps:
+            foreground = torch.ones(batch, grid[0] * grid[1], dtype=torch.bool)
+        else:
+            foreground = self.settings.foreground(batch, grid)
+        if not bool(foreground.any()):
+            return plain()
+
+        patches = dict(transformer_options.get("patches", {}))
+        patches["post_input"] = [*patches.get("post_input", []), CanvasOffsetPatch(batch, shared_chunks)]
+        override = SharedAttentionOverride(foreground, context.shape[1], shared_chunks, self.settings.kernel,
+                                           previous=transformer_options.get("optimized_attention_override"))
+        options = {**transformer_options, "patches": patches, "optimized_attention_override": override}
+        return executor(x, timestep, context, y, guidance, ref_latents, control, options, **kwargs)

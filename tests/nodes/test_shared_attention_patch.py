@@ -1,0 +1,117 @@
+"""Masked Shared Attention on ComfyUI's FLUX (tier 2, in-process)."""
+
+import comfy.patcher_extension
+import nodes as comfy_nodes
+import pytest
+import torch
+
+from refcustom.model.shared_attention import dense_shared_attention
+from refcustom.nodes.shared_attention import MaskedSharedAttentionNode
+from refcustom.nodes.shared_attention_patch import SHARED_ATTENTION_KEY, SharedAttentionSettings, SharedAttentionWrapper
+from refcustom.tests.nodes.test_dreamo_nodes import tiny_sd3
+
+BATCH = 3
+SIZE = 48  # 6x6 latent -> 3x3 tokens
+
+
+def patch(model, mask, full_shared_steps=0, dilation=1, patch_negative=False):
+    return MaskedSharedAttentionNode.execute(model, mask, dilation, full_shared_steps, patch_negative).args[0]
+
+
+def with_kernel(model, mask, kernel, **settings):
+    patched = model.clone()
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY,
+                                 SharedAttentionWrapper(SharedAttentionSettings(masks=mask, kernel=kernel, **settings)))
+    return patched
+
+
+def sample(model, clip, cfg=1.0, steps=3):
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize("a red toy robot"))
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    latent = {"samples": torch.zeros(BATCH, 16, SIZE // 8, SIZE // 8)}
+    (out,) = comfy_nodes.common_ksampler(model, 5, steps, cfg, "euler", "simple", positive, negative, latent)
+    return out["samples"]
+
+
+def masks(value=None):
+    if value is not None:
+        return torch.full((BATCH, SIZE, SIZE), value)
+    m = torch.zeros(BATCH, SIZE, SIZE)
+    m[:, 8:40, 8:30] = 1.0
+    return m
+
+
+def test_background_only_masks_equal_the_unpatched_model(tiny_flux, tiny_clip):
+    plain = sample(tiny_flux, tiny_clip)
+    patched = sample(patch(tiny_flux, masks(0.0)), tiny_clip)
+    assert torch.equal(plain, patched)
+
+
+def test_full_masks_equal_unmasked_shared_attention_by_definition(tiny_flux, tiny_clip):
+    gathered = sample(patch(tiny_flux, masks(1.0)), tiny_clip)
+    # The paper's definition: one sequence of all images with the dense -inf bias.
+    dense = sample(with_kernel(tiny_flux, masks(1.0), dense_shared_attention, dilation=1, full_shared_steps=0), tiny_clip)
+    torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
+    # Full sharing in the first steps is the same thing as full masks.
+    first_steps = sample(patch(tiny_flux, masks(0.0), full_shared_steps=100), tiny_clip)
+    torch.testing.assert_close(first_steps, gathered, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(gathered, sample(tiny_flux, tiny_clip))
+
+
+def test_partial_masks_match_the_dense_definition(tiny_flux, tiny_clip):
+    gathered = sample(patch(tiny_flux, masks(), full_shared_steps=1), tiny_clip, cfg=2.0)
+    dense = sample(with_kernel(tiny_flux, masks(), dense_shared_attention, dilation=1, full_shared_steps=1),
+                   tiny_clip, cfg=2.0)
+    torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(gathered).all()
+
+
+def test_unpatched_runs_before_and_after_are_bit_identical(tiny_flux, tiny_clip):
+    before = sample(tiny_flux, tiny_clip)
+    sample(patch(tiny_flux, masks(), full_shared_steps=1), tiny_clip, cfg=2.0)
+    assert torch.equal(before, sample(tiny_flux, tiny_clip))
+
+
+def test_mask_count_and_model_errors(tiny_flux, tiny_clip):
+    with pytest.raises(ValueError, match="2 masks for a batch of 3 images"):
+        sample(patch(tiny_flux, masks()[:2]), tiny_clip)
+    with pytest.raises(TypeError, match="Masked Shared Attention needs a FLUX.1 model"):
+        patch(tiny_sd3(), masks())
+    with pytest.raises(ValueError, match="dilation must be odd"):
+        patch(tiny_flux, masks(), dilation=4)
+
+
+def test_an_empty_mask_shares_nothing_and_stays_finite(tiny_flux, tiny_clip, caplog):
+    m = masks()
+    m[1] = 0.0
+    gathered = sample(patch(tiny_flux, m), tiny_clip)
+    dense = sample(with_kernel(tiny_flux, m, dense_shared_attention, dilation=1, full_shared_steps=0), tiny_clip)
+    assert torch.isfinite(gathered).all()
+    torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
+    assert "masks of images [1] are empty" in caplog.text
+
+
+def test_canvas_offsets_leave_each_images_own_attention_unchanged(tiny_flux, tiny_clip):
+    """Offset ids + a kernel that shares nothing must give the unpatched result: RoPE is relative."""
+
+    def own_tokens_only(q, k, v, text_tokens, foreground):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    shifted = sample(with_kernel(tiny_flux, masks(1.0), own_tokens_only, dilation=1, full_shared_steps=0), tiny_clip)
+    torch.testing.assert_close(shifted, sample(tiny_flux, tiny_clip), rtol=1e-4, atol=1e-4)
+
+
+def test_canvas_offset_patch_moves_image_j_down_by_j_heights():
+    from refcustom.nodes.shared_attention_patch import CanvasOffsetPatch
+
+    img_ids = torch.zeros(4, 6, 3)
+    img_ids[..., 1] = torch.tensor([0, 0, 1, 1, 2, 2], dtype=torch.float32)
+    txt_ids = torch.zeros(4, 2, 3)
+    out = CanvasOffsetPatch(images_per_chunk=2, shared_chunks=(True, False))(
+        {"img": None, "txt": None, "img_ids": img_ids, "txt_ids": txt_ids})
+    rows = out["img_ids"][..., 1]
+    assert rows[0].tolist() == [0, 0, 1, 1, 2, 2]
+    assert rows[1].tolist() == [3, 3, 4, 4, 5, 5]  # image 1 of the shared chunk, 3 rows lower
+    assert rows[3].tolist() == [0, 0, 1, 1, 2, 2]  # the unshared chunk is untouched
+    assert out["txt_ids"][1, :, 1].tolist() == [3, 3] and out["txt_ids"][3, :, 1].tolist() == [0, 0]
+    assert torch.equal(img_ids[1, :, 1], torch.tensor([0, 0, 1, 1, 2, 2], dtype=torch.float32))  # input untouched
