@@ -37,12 +37,15 @@ class SharedAttentionSettings:
     patch_negative: bool = False
     kernel: object = field(default=masked_shared_attention, compare=False)
 
-    def foreground(self, batch: int, grid: tuple[int, int]) -> torch.Tensor:
+    def check_count(self, batch: int) -> None:
         if self.masks.shape[0] != batch:
             raise ValueError(
                 f"Masked Shared Attention got {self.masks.shape[0]} masks for a batch of {batch} images; give one "
                 "MASK per image (batch the masks in the same order as the latents)."
             )
+
+    def foreground(self, batch: int, grid: tuple[int, int]) -> torch.Tensor:
+        self.check_count(batch)
         tokens = foreground_tokens(self.masks, grid, self.dilation)
         empty = [i for i in range(batch) if not bool(tokens[i].any())]
         if empty:
@@ -137,6 +140,7 @@ class SharedAttentionWrapper:
         if x.shape[0] % len(cond_or_uncond):
             return plain()
         batch = x.shape[0] // len(cond_or_uncond)
+        self.settings.check_count(batch)
         shared_chunks = tuple(c == 0 or self.settings.patch_negative for c in cond_or_uncond)
         if batch < 2 or not any(shared_chunks):
             return plain()

@@ -358,7 +358,44 @@ def wf_kontext_normalized() -> Graph:
     return g
 
 
-ALL = [wf_ip, wf_id, wf_multi, wf_tryon, wf_style, wf_turbo, wf_dreamo_normalized, wf_kontext_normalized]
+def wf_consistent_batch() -> Graph:
+    intro = (
+        "SynCD Masked Shared Attention: a batch of 4 images from one prompt whose subject stays the same. Each "
+        "image's image tokens also attend to the other images' tokens inside the mask (never their text or "
+        "background); the first step shares everything. The mask here is a centred box where the subject should "
+        "stand, the same for all 4 images (built from core mask nodes and repeated to the batch); a segmentation "
+        "mask per image works better when you have one (any pixel size, one per image, in batch order).\n"
+        "Experimental (issue 5): masks estimated from the prompt's cross-attention and reference mode come later.\n\n"
+        f"Files: diffusion_models/{FLUX_UNET}, text_encoders/{T5}, text_encoders/{CLIP_L}, vae/{FLUX_VAE}."
+    )
+    g = Graph("syncd_consistent_batch", "SynCD Masked Shared Attention: a consistent batch of 4", intro)
+    unet = g.add("UNETLoader", "Load FLUX.1-dev", LOADER_COLOR, unet_name=FLUX_UNET, weight_dtype="default")
+    clip = g.add("DualCLIPLoader", "Load T5-XXL + CLIP-L", LOADER_COLOR,
+                 clip_name1=T5, clip_name2=CLIP_L, type="flux", device="default")
+    vae = g.add("VAELoader", "Load FLUX VAE", LOADER_COLOR, vae_name=FLUX_VAE)
+    background = g.add("SolidMask", "Mask: background", None, value=0.0, width=1024, height=1024)
+    box = g.add("SolidMask", "Mask: subject box", None, value=1.0, width=512, height=640)
+    mask = g.add("MaskComposite", "Centred subject box", None, destination=background[0], source=box[0], x=256, y=192,
+                 operation="add")
+    as_image = g.add("MaskToImage", None, None, mask=mask[0])
+    repeated = g.add("RepeatImageBatch", "One mask per image (4)", None, image=as_image[0], amount=4)
+    masks = g.add("ImageToMask", None, None, image=repeated[0], channel="red")
+    shared = g.add("RefCustom_MaskedSharedAttention", None, None, model=unet[0], mask=masks[0], dilation=9,
+                   full_shared_steps=1, patch_negative=False)
+    prompt = g.add("CLIPTextEncode", "Prompt", POSITIVE_COLOR, clip=clip[0],
+                   text="a plush toy rabbit with a red scarf sitting in a sunny garden, photo")
+    guided = g.add("FluxGuidance", None, None, conditioning=prompt[0], guidance=3.5)
+    negative = g.add("CLIPTextEncode", "Negative (empty; unused at cfg 1)", NEGATIVE_COLOR, clip=clip[0], text="")
+    latent = g.add("EmptySD3LatentImage", None, None, width=1024, height=1024, batch_size=4)
+    sampler = g.add("KSampler", None, None, model=shared[0], seed=SEED, steps=20, cfg=1.0, sampler_name="euler",
+                    scheduler="simple", positive=guided[0], negative=negative[0], latent_image=latent[0], denoise=1.0)
+    decode = g.add("VAEDecode", None, None, samples=sampler[0], vae=vae[0])
+    g.add("SaveImage", None, None, images=decode[0], filename_prefix="refcustom/syncd_consistent_batch")
+    return g
+
+
+ALL = [wf_ip, wf_id, wf_multi, wf_tryon, wf_style, wf_turbo, wf_dreamo_normalized, wf_kontext_normalized,
+       wf_consistent_batch]
 
 # ----------------------------------------------------------------------------------------------
 # Node definitions (/object_info) -> widgets
@@ -889,7 +926,8 @@ def make_thumbnail(g: Graph, inputs: dict) -> "Image.Image":  # noqa: F821
     for ln in wrap(f'"{prompt}"', 48)[:4]:
         d.text((256, y), ln, fill=(150, 200, 150), anchor="mm", font=ImageFont.load_default(16))
         y += 22
-    d.text((256, 490), "refcustom / " + ("FLUX.1 Kontext" if g.name.startswith("kontext") else "DreamO (FLUX.1-dev)"), fill=(140, 150, 170), anchor="mm",
+    footer = {"kontext": "FLUX.1 Kontext", "syncd": "SynCD (FLUX.1-dev)"}.get(g.name.split("_")[0], "DreamO (FLUX.1-dev)")
+    d.text((256, 490), "refcustom / " + footer, fill=(140, 150, 170), anchor="mm",
            font=ImageFont.load_default(18))
     return im
 

@@ -137,8 +137,9 @@ def test_api_workflow_runs_at_its_own_size(comfy_server, headless, workflow):
     """As shipped (1024x1024, 12-25 steps, ref_res 512); only the three model loaders are substituted."""
     graph = headless.substitute_fixture_loaders(json.loads(workflow.read_text()))
     width, height = headless.latent_size(graph)
+    batch = next(n["inputs"]["batch_size"] for n in graph.values() if n["class_type"] == "EmptySD3LatentImage")
     images = run_and_check(comfy_server, graph, timeout=900)
-    assert [image.size for _, image in images] == [(width, height)]
+    assert [image.size for _, image in images] == [(width, height)] * batch
 
 
 def test_image_upload_round_trip(comfy_server):
