@@ -115,3 +115,43 @@ def test_canvas_offset_patch_moves_image_j_down_by_j_heights():
     assert rows[3].tolist() == [0, 0, 1, 1, 2, 2]  # the unshared chunk is untouched
     assert out["txt_ids"][1, :, 1].tolist() == [3, 3] and out["txt_ids"][3, :, 1].tolist() == [0, 0]
     assert torch.equal(img_ids[1, :, 1], torch.tensor([0, 0, 1, 1, 2, 2], dtype=torch.float32))  # input untouched
+
+
+def test_works_with_dreamo_references_which_are_never_shared(tiny_flux, tiny_clip, tiny_vae, models_dir):
+    from refcustom.nodes.dreamo_reference import DreamOReferenceNode
+    from refcustom.tests.nodes.dreamo_loading import load_dreamo
+
+    dreamo, _ = load_dreamo(tiny_flux)
+    prompt = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize("a toy from [ref#1]"))
+    positive, _ = DreamOReferenceNode.execute(prompt, tiny_vae, torch.rand(1, 64, 64, 3), "ip", 64, 0, None).args
+    negative = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize(""))
+    latent = {"samples": torch.zeros(BATCH, 16, SIZE // 8, SIZE // 8)}
+
+    def run(model):
+        (out,) = comfy_nodes.common_ksampler(model, 5, 3, 1.0, "euler", "simple", positive, negative, latent)
+        return out["samples"]
+
+    gathered = run(patch(dreamo, masks(), full_shared_steps=1))
+    dense = run(with_kernel(dreamo, masks(), dense_shared_attention, dilation=1, full_shared_steps=1))
+    assert torch.isfinite(gathered).all()
+    torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(gathered, run(dreamo))
+
+
+def test_chains_an_earlier_attention_override(tiny_flux, tiny_clip):
+    """Branches it does not share (the negative, by default) go through the override installed before it."""
+    calls = []
+
+    def earlier(func, *args, **kwargs):
+        calls.append(args[0].shape[0])
+        return func(*args, **kwargs)
+
+    model = tiny_flux.clone()
+    model.model_options["transformer_options"]["optimized_attention_override"] = earlier
+    plain = sample(model, tiny_clip, cfg=2.0)
+    assert calls and all(n == 2 * BATCH for n in calls)  # cond and uncond batched in one call
+    calls.clear()
+    shared = sample(patch(model, masks(), full_shared_steps=1), tiny_clip, cfg=2.0)
+    # now the shared cond chunk runs our kernel and only the unshared uncond chunk reaches the earlier override
+    assert calls and all(n == BATCH for n in calls), calls
+    assert torch.isfinite(shared).all() and not torch.allclose(plain, shared)
