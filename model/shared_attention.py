@@ -138,3 +138,15 @@ def foreground_from_attention(
         kernel = torch.ones(dilation, dilation, device=stacked.device)
         stacked = kornia.morphology.dilation(stacked.unsqueeze(1), kernel).squeeze(1)
     return (stacked > 0.5).reshape(attention.shape[0], -1)
+
+
+def word_attention_map(image_queries: torch.Tensor, text_keys: torch.Tensor, word_tokens: list[int]) -> torch.Tensor:
+    """How much each image token attends to the subject's words: [H, N, D] queries, [H, T, D] text keys ->
+    [N], the softmax over text keys (a cross-attention map, as in SynCD's UNet) averaged over heads and
+    words. One head at a time, so memory stays at N x T."""
+    total = image_queries.new_zeros(image_queries.shape[1], dtype=torch.float32)
+    scale = image_queries.shape[-1] ** -0.5
+    for head in range(image_queries.shape[0]):
+        logits = (image_queries[head].float() @ text_keys[head].float().T) * scale
+        total += logits.softmax(dim=-1)[:, word_tokens].mean(dim=-1)
+    return total / image_queries.shape[0]

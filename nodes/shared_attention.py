@@ -9,6 +9,33 @@ from .dreamo_loader import require_flux
 from .shared_attention_patch import SHARED_ATTENTION_KEY, SharedAttentionSettings, SharedAttentionWrapper
 
 
+def subject_word_positions(clip, prompt: str, subject_words: str) -> tuple[int, ...]:
+    """T5 positions of each comma-separated subject word inside the tokenized prompt."""
+    words = [w.strip() for w in subject_words.split(",") if w.strip()]
+    if clip is None or not prompt.strip() or not words:
+        raise ValueError(
+            "Masked Shared Attention without a MASK needs clip, prompt and subject_words (e.g. 'rabbit') to estimate "
+            "the shared region; or connect one MASK per image."
+        )
+    tokenizer = getattr(clip.tokenizer, "t5xxl", None)
+    if tokenizer is None:
+        raise TypeError("estimating masks from the prompt needs FLUX's T5 text encoder (DualCLIPLoader, type flux).")
+
+    def ids(text):
+        return [t for t, *_ in clip.tokenize(text)["t5xxl"][0] if t not in (tokenizer.end_token, tokenizer.pad_token)]
+
+    prompt_ids = ids(prompt)
+    positions = []
+    for word in words:
+        word_ids = ids(word)
+        starts = [i for i in range(len(prompt_ids) - len(word_ids) + 1) if prompt_ids[i:i + len(word_ids)] == word_ids]
+        if not word_ids or not starts:
+            raise ValueError(f"subject word {word!r} is not in the prompt's tokens; use a word exactly as the prompt has it.")
+        for start in starts:
+            positions += range(start, start + len(word_ids))
+    return tuple(sorted(set(positions)))
+
+
 class MaskedSharedAttentionNode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -24,8 +51,17 @@ class MaskedSharedAttentionNode(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model"),
-                io.Mask.Input("mask", tooltip="One subject mask per image of the batch (1 = the shared object), any "
-                                               "pixel size; area-downsampled to the 16 px token grid."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="One subject mask per image of the batch (1 = the shared object), any pixel size; "
+                                      "area-downsampled to the 16 px token grid. Without it, give clip, prompt and "
+                                      "subject_words and the mask is estimated each step."),
+                io.Clip.Input("clip", optional=True, tooltip="Only without a mask: the text encoder of the prompt."),
+                io.String.Input("prompt", optional=True, multiline=True, default="",
+                                tooltip="Only without a mask: the positive prompt, exactly as encoded."),
+                io.String.Input("subject_words", optional=True, default="",
+                                tooltip="Only without a mask: the subject's words in the prompt (comma-separated). The "
+                                        "double blocks' attention to them, Otsu-thresholded (10 bins) and dilated 3x3, "
+                                        "is the mask the single blocks share, rebuilt every step (SynCD's deformable path)."),
                 io.Int.Input("dilation", default=9, min=1, max=31, step=2,
                              tooltip="Square dilation of the token mask (SynCD: 9 for rigid objects); 1 = none."),
                 io.Int.Input("full_shared_steps", default=1, min=0, max=1000,
@@ -39,13 +75,18 @@ class MaskedSharedAttentionNode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, mask, dilation, full_shared_steps, patch_negative) -> io.NodeOutput:
+    def execute(cls, model, dilation, full_shared_steps, patch_negative, mask=None, clip=None, prompt="",
+                subject_words="") -> io.NodeOutput:
         require_flux(model, "Masked Shared Attention")
         if dilation % 2 == 0:
             raise ValueError(f"dilation must be odd (a centred square), got {dilation}")
-        masks = mask if mask.ndim == 3 else mask.unsqueeze(0)
-        settings = SharedAttentionSettings(masks=masks.float().cpu(), dilation=dilation,
-                                           full_shared_steps=full_shared_steps, patch_negative=patch_negative)
+        masks, words = None, ()
+        if mask is not None:
+            masks = (mask if mask.ndim == 3 else mask.unsqueeze(0)).float().cpu()
+        else:
+            words = subject_word_positions(clip, prompt, subject_words)
+        settings = SharedAttentionSettings(masks=masks, dilation=dilation, full_shared_steps=full_shared_steps,
+                                           patch_negative=patch_negative, word_tokens=words)
         patched = model.clone()
         patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY,

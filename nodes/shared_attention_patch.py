@@ -22,23 +22,34 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model.shared_attention import foreground_tokens, masked_shared_attention
+from ..model.shared_attention import (
+    foreground_from_attention,
+    foreground_tokens,
+    masked_shared_attention,
+    word_attention_map,
+)
 
 SHARED_ATTENTION_KEY = "refcustom_shared_attention"
 
 
 @dataclass(frozen=True)
 class SharedAttentionSettings:
-    """masks: pixel masks [B, H, W] (1 = object), one per image of the batch."""
+    """masks: pixel masks [B, H, W] (1 = object), one per image of the batch; or None, and then
+    `word_tokens` (T5 positions of the subject's words in the prompt) drive a per-step estimate."""
 
-    masks: torch.Tensor
+    masks: torch.Tensor | None
     dilation: int = 9
     full_shared_steps: int = 1
     patch_negative: bool = False
+    word_tokens: tuple[int, ...] = ()
     kernel: object = field(default=masked_shared_attention, compare=False)
 
+    def __post_init__(self):
+        if self.masks is None and not self.word_tokens:
+            raise ValueError("Masked Shared Attention needs a MASK per image, or the subject's words to estimate one.")
+
     def check_count(self, batch: int) -> None:
-        if self.masks.shape[0] != batch:
+        if self.masks is not None and self.masks.shape[0] != batch:
             raise ValueError(
                 f"Masked Shared Attention got {self.masks.shape[0]} masks for a batch of {batch} images; give one "
                 "MASK per image (batch the masks in the same order as the latents)."
@@ -80,15 +91,35 @@ class CanvasOffsetPatch:
 
 
 class SharedAttentionOverride:
-    """Attention override: the shared kernel inside shared chunks, the original attention elsewhere."""
+    """Attention override: the shared kernel inside shared chunks, the original attention elsewhere.
 
-    def __init__(self, foreground: torch.Tensor, text_tokens: int, shared_chunks: tuple[bool, ...], kernel,
-                 previous=None):
-        self.foreground = foreground  # [B, noise tokens]
+    With `foreground` None the pass estimates it (SynCD's deformable-object path): the double blocks run
+    unshared while each adds its image-to-word attention map; the single blocks then share the Otsu
+    foreground of the average. The estimate lives on this object, which exists for one pass only.
+    """
+
+    def __init__(self, foreground: torch.Tensor | None, text_tokens: int, shared_chunks: tuple[bool, ...], kernel,
+                 previous=None, batch: int = 0, grid: tuple[int, int] = (0, 0), word_tokens: tuple[int, ...] = ()):
+        self.foreground = foreground  # [B, noise tokens] or None (estimate)
         self.text_tokens = text_tokens
         self.shared_chunks = shared_chunks
         self.kernel = kernel
         self.previous = previous
+        self.batch = foreground.shape[0] if foreground is not None else batch
+        self.grid = grid
+        self.word_tokens = list(word_tokens)
+        self.word_maps = None
+        self.maps_added = 0
+
+    def _add_word_maps(self, q, k):
+        noise = self.grid[0] * self.grid[1]
+        text = self.text_tokens
+        chunk = self.shared_chunks.index(True)
+        part = range(chunk * self.batch, (chunk + 1) * self.batch)
+        maps = torch.stack([word_attention_map(q[i, :, text:text + noise], k[i, :, :text], self.word_tokens)
+                            for i in part])
+        self.word_maps = maps if self.word_maps is None else self.word_maps + maps
+        self.maps_added += 1
 
     def _original(self, func, *args, **kwargs):
         return self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
@@ -102,7 +133,14 @@ class SharedAttentionOverride:
                 "Masked Shared Attention cannot combine with an attention mask on the same model (e.g. Redux with "
                 "strength_type 'attn_bias'); use strength_type 'multiply' or remove one of the two."
             )
-        batch = self.foreground.shape[0]
+        if self.foreground is None:
+            block_type = (kwargs.get("transformer_options") or {}).get("block_type")
+            if block_type == "double" or self.word_maps is None:
+                self._add_word_maps(q, k)
+                return self._original(func, q, k, v, heads, *args, mask=mask, skip_reshape=skip_reshape,
+                                      skip_output_reshape=skip_output_reshape, **kwargs)
+            self.foreground = foreground_from_attention(self.word_maps / self.maps_added, self.grid)
+        batch = self.batch
         image_tokens = q.shape[2] - self.text_tokens
         # Reference tokens after the noise tokens (DreamO, Kontext) are never shared.
         padding = image_tokens - self.foreground.shape[1]
@@ -149,14 +187,22 @@ class SharedAttentionWrapper:
         step = step_index(transformer_options)
         if step is not None and step < self.settings.full_shared_steps:
             foreground = torch.ones(batch, grid[0] * grid[1], dtype=torch.bool)
-        else:
+        elif self.settings.masks is not None:
             foreground = self.settings.foreground(batch, grid)
-        if not bool(foreground.any()):
+        else:
+            foreground = None  # estimated inside the pass from the subject words' attention
+            if max(self.settings.word_tokens) >= context.shape[1]:
+                raise ValueError(
+                    f"the subject words sit at T5 positions up to {max(self.settings.word_tokens)} but this prompt has "
+                    f"{context.shape[1]} tokens: the prompt given to Masked Shared Attention is not the one sampled."
+                )
+        if foreground is not None and not bool(foreground.any()):
             return plain()
 
         patches = dict(transformer_options.get("patches", {}))
         patches["post_input"] = [*patches.get("post_input", []), CanvasOffsetPatch(batch, shared_chunks)]
         override = SharedAttentionOverride(foreground, context.shape[1], shared_chunks, self.settings.kernel,
-                                           previous=transformer_options.get("optimized_attention_override"))
+                                           previous=transformer_options.get("optimized_attention_override"),
+                                           batch=batch, grid=grid, word_tokens=self.settings.word_tokens)
         options = {**transformer_options, "patches": patches, "optimized_attention_override": override}
         return executor(x, timestep, context, y, guidance, ref_latents, control, options, **kwargs)

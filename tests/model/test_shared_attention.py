@@ -112,3 +112,13 @@ def test_attention_maps_to_foreground():
     fg = foreground_from_attention(attention, (4, 4), dilation=3).reshape(2, 4, 4)
     assert fg[0, 0:3, 0:3].all() and fg[0].sum() == 9  # token (1, 1) dilated 3x3
     assert not fg[1].any()
+
+
+def test_word_attention_map_is_the_mean_cross_attention_to_the_words():
+    from refcustom.model.shared_attention import word_attention_map
+
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(3, 10, 8, generator=g), torch.randn(3, 6, 8, generator=g)
+    ours = word_attention_map(q, k, [1, 4])
+    probabilities = torch.softmax(torch.einsum("hnd,htd->hnt", q, k) / 8 ** 0.5, dim=-1)
+    torch.testing.assert_close(ours, probabilities[:, :, [1, 4]].mean(dim=(0, 2)))

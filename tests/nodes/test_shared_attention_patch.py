@@ -14,8 +14,9 @@ BATCH = 3
 SIZE = 48  # 6x6 latent -> 3x3 tokens
 
 
-def patch(model, mask, full_shared_steps=0, dilation=1, patch_negative=False):
-    return MaskedSharedAttentionNode.execute(model, mask, dilation, full_shared_steps, patch_negative).args[0]
+def patch(model, mask, full_shared_steps=0, dilation=1, patch_negative=False, **words):
+    return MaskedSharedAttentionNode.execute(model, dilation, full_shared_steps, patch_negative, mask=mask,
+                                             **words).args[0]
 
 
 def with_kernel(model, mask, kernel, **settings):
@@ -155,3 +156,38 @@ def test_chains_an_earlier_attention_override(tiny_flux, tiny_clip):
     # now the shared cond chunk runs our kernel and only the unshared uncond chunk reaches the earlier override
     assert calls and all(n == BATCH for n in calls), calls
     assert torch.isfinite(shared).all() and not torch.allclose(plain, shared)
+
+
+def test_without_a_mask_the_subject_words_attention_drives_sharing(tiny_flux, tiny_clip):
+    words = {"clip": tiny_clip, "prompt": "a red toy robot", "subject_words": "robot"}
+    gathered = sample(patch(tiny_flux, None, full_shared_steps=1, **words), tiny_clip)
+    dense = sample(with_kernel(tiny_flux, None, dense_shared_attention, dilation=1, full_shared_steps=1,
+                               word_tokens=patch_settings_words(tiny_clip)), tiny_clip)
+    assert torch.isfinite(gathered).all()
+    torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(gathered, sample(tiny_flux, tiny_clip))
+    # From the first step on, only the estimated foreground is shared: still a change, still the definition.
+    estimated = sample(patch(tiny_flux, None, full_shared_steps=0, **words), tiny_clip)
+    assert not torch.allclose(estimated, sample(tiny_flux, tiny_clip))
+    dense_estimated = sample(with_kernel(tiny_flux, None, dense_shared_attention, dilation=1, full_shared_steps=0,
+                                         word_tokens=patch_settings_words(tiny_clip)), tiny_clip)
+    torch.testing.assert_close(estimated, dense_estimated, rtol=1e-5, atol=1e-5)
+
+
+def patch_settings_words(clip):
+    from refcustom.nodes.shared_attention import subject_word_positions
+
+    return subject_word_positions(clip, "a red toy robot", "robot")
+
+
+def test_subject_word_positions_and_errors(tiny_clip):
+    from refcustom.nodes.shared_attention import subject_word_positions
+
+    ids = [t for t, _ in tiny_clip.tokenize("a red toy robot")["t5xxl"][0]]
+    positions = subject_word_positions(tiny_clip, "a red toy robot", "robot, red")
+    robot = [t for t, _ in tiny_clip.tokenize("robot")["t5xxl"][0] if t not in (0, 1)]
+    assert [ids[p] for p in positions if ids[p] in robot] == robot
+    with pytest.raises(ValueError, match="'cat' is not in the prompt"):
+        subject_word_positions(tiny_clip, "a red toy robot", "cat")
+    with pytest.raises(ValueError, match="needs clip, prompt and subject_words"):
+        subject_word_positions(tiny_clip, "a red toy robot", "")
