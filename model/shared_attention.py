@@ -34,18 +34,22 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_tokens:
 
 
 def masked_shared_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_tokens: int, foreground: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_tokens: int, foreground: torch.Tensor,
+    borrowers: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Gathered MSA. foreground: bool [B, image tokens], True where image j shares its token."""
+    """Gathered MSA. foreground: bool [B, image tokens], True where image j lends its token.
+    borrowers: bool [B], whose image queries look at the others' foreground (default all); a
+    non-borrower (a reference image in reference mode) attends to its own tokens only."""
     check_inputs(q, k, v, text_tokens, foreground)
     batch = q.shape[0]
+    borrowers = torch.ones(batch, dtype=torch.bool) if borrowers is None else borrowers.cpu().bool()
     foreground = foreground.to(device=q.device, dtype=torch.bool)
     image_k, image_v = k[:, :, text_tokens:], v[:, :, text_tokens:]
     shared_k = [image_k[j][:, foreground[j]] for j in range(batch)]  # [H, F_j, D]
     shared_v = [image_v[j][:, foreground[j]] for j in range(batch)]
     out = torch.empty_like(q)
     for i in range(batch):
-        others = [j for j in range(batch) if j != i]
+        others = [j for j in range(batch) if j != i] if borrowers[i] else []
         keys = torch.cat([k[i]] + [shared_k[j] for j in others], dim=1)
         values = torch.cat([v[i]] + [shared_v[j] for j in others], dim=1)
         # Image queries see own tokens + the others' foreground; text queries see own tokens only.
@@ -55,22 +59,26 @@ def masked_shared_attention(
     return out
 
 
-def shared_attention_bias(text_tokens: int, foreground: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+def shared_attention_bias(text_tokens: int, foreground: torch.Tensor, dtype=torch.float32,
+                          borrowers: torch.Tensor | None = None) -> torch.Tensor:
     """The paper's bias over one sequence of B*L tokens: 0 where allowed, -inf elsewhere. [B L, B L]."""
     batch, image_tokens = foreground.shape
+    borrowers = torch.ones(batch, dtype=torch.bool) if borrowers is None else borrowers.cpu().bool()
     length = text_tokens + image_tokens
     owner = torch.arange(batch).repeat_interleave(length)
     is_image = torch.cat([torch.zeros(text_tokens, dtype=torch.bool), torch.ones(image_tokens, dtype=torch.bool)])
     is_image = is_image.repeat(batch)
     shared = torch.cat([torch.cat([torch.zeros(text_tokens, dtype=torch.bool), fg.cpu().bool()]) for fg in foreground])
     same_image = owner[:, None] == owner[None, :]
-    allowed = same_image | (is_image[:, None] & shared[None, :])
+    borrows = borrowers.repeat_interleave(length)
+    allowed = same_image | ((is_image & borrows)[:, None] & shared[None, :])
     bias = torch.zeros(batch * length, batch * length, dtype=dtype)
     return bias.masked_fill(~allowed, float("-inf"))
 
 
 def dense_shared_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_tokens: int, foreground: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_tokens: int, foreground: torch.Tensor,
+    borrowers: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSA by its definition: all B images as one sequence with a dense [B L, B L] bias."""
     check_inputs(q, k, v, text_tokens, foreground)
@@ -79,7 +87,7 @@ def dense_shared_attention(
     def flat(t):  # [B, H, L, D] -> [1, H, B L, D]
         return t.permute(1, 0, 2, 3).reshape(1, heads, batch * length, dim)
 
-    bias = shared_attention_bias(text_tokens, foreground, dtype=q.dtype).to(q.device)
+    bias = shared_attention_bias(text_tokens, foreground, dtype=q.dtype, borrowers=borrowers).to(q.device)
     out = F.scaled_dot_product_attention(flat(q), flat(k), flat(v), attn_mask=bias)
     return out.reshape(heads, batch, length, dim).permute(1, 0, 2, 3)
 

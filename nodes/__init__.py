@@ -8,9 +8,10 @@ def node_list() -> list:
     from .dreamo_reference import DreamOReferenceNode
     from .dreamo_text import DreamOTextEncode
     from .normalized_guidance import GuidanceBranchesNode, NormalizedGuidanceGuiderNode
-    from .shared_attention import MaskedSharedAttentionNode
+    from .shared_attention import MaskedSharedAttentionNode, SharedAttentionReferenceNode
     from .true_cfg_guider import TrueCFGGuiderNode
 
     register_model_folders()
     return [DreamOLoader, DreamOReferenceNode, DreamOTextEncode, TrueCFGGuiderNode,
-            NormalizedGuidanceGuiderNode, GuidanceBranchesNode, MaskedSharedAttentionNode]
+            NormalizedGuidanceGuiderNode, GuidanceBranchesNode, MaskedSharedAttentionNode,
+            SharedAttentionReferenceNode]

@@ -92,3 +92,62 @@ class MaskedSharedAttentionNode(io.ComfyNode):
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY,
                                      SharedAttentionWrapper(settings))
         return io.NodeOutput(patched)
+
+
+class SharedAttentionReferenceNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RefCustom_SharedAttentionReference",
+            display_name="Shared Attention Reference (SynCD)",
+            category="refcustom/attention",
+            is_experimental=True,
+            description=(
+                "SynCD's reference mode: the reference image(s) are noised to each step's noise level with fresh "
+                "noise, run through the same model alongside the batch, and every generated image's image tokens also "
+                "attend to the references' foreground tokens. Any FLUX-family model; combines with DreamO references."
+            ),
+            inputs=[
+                io.Model.Input("model"),
+                io.Vae.Input("vae", tooltip="The VAE of this model (encodes the references)."),
+                io.Image.Input("reference", tooltip="One or more reference images (a batch); resized to the latent size."),
+                io.Mask.Input("reference_mask", optional=True,
+                              tooltip="One mask per reference (1 = the object to borrow); none = the whole reference."),
+                io.Int.Input("dilation", default=9, min=1, max=31, step=2,
+                             tooltip="Square dilation of the reference token masks; 1 = none."),
+                io.Int.Input("full_shared_steps", default=1, min=0, max=1000,
+                             tooltip="The first N steps borrow every reference token; 0 = masks from the start."),
+                io.Boolean.Input("patch_negative", default=False,
+                                 tooltip="Also borrow in the negative (uncond) branch. Off = the negative runs unpatched."),
+                io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFF,
+                             tooltip="Seed of the fresh noise added to the references at each step."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, reference, dilation, full_shared_steps, patch_negative, noise_seed,
+                reference_mask=None) -> io.NodeOutput:
+        require_flux(model, "Masked Shared Attention")
+        if dilation % 2 == 0:
+            raise ValueError(f"dilation must be odd (a centred square), got {dilation}")
+        latents = model.model.process_latent_in(vae.encode(reference[..., :3]).float()).cpu()
+        masks = None
+        if reference_mask is not None:
+            masks = (reference_mask if reference_mask.ndim == 3 else reference_mask.unsqueeze(0)).float().cpu()
+            if masks.shape[0] != latents.shape[0]:
+                raise ValueError(f"{masks.shape[0]} reference masks for {latents.shape[0]} reference images; give one each.")
+            if tuple(masks.shape[1:]) != tuple(reference.shape[1:3]):
+                raise ValueError(
+                    f"the reference mask is {masks.shape[2]}x{masks.shape[1]} but the reference is "
+                    f"{reference.shape[2]}x{reference.shape[1]}; use the mask of this image."
+                )
+        settings = SharedAttentionSettings(masks=None, dilation=dilation, full_shared_steps=full_shared_steps,
+                                           patch_negative=patch_negative, references=latents, reference_masks=masks,
+                                           model_sampling=model.get_model_object("model_sampling"),
+                                           noise_seed=noise_seed)
+        patched = model.clone()
+        patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY,
+                                     SharedAttentionWrapper(settings))
+        return io.NodeOutput(patched)

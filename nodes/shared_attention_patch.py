@@ -43,9 +43,15 @@ class SharedAttentionSettings:
     patch_negative: bool = False
     word_tokens: tuple[int, ...] = ()
     kernel: object = field(default=masked_shared_attention, compare=False)
+    # Reference mode: latents [R, C, h, w] in the model's space, their pixel masks [R, H, W] (None = all),
+    # the model's sampling object (to noise them to each step's sigma) and the seed of that noise.
+    references: torch.Tensor | None = None
+    reference_masks: torch.Tensor | None = None
+    model_sampling: object = field(default=None, compare=False)
+    noise_seed: int = 0
 
     def __post_init__(self):
-        if self.masks is None and not self.word_tokens:
+        if self.masks is None and not self.word_tokens and self.references is None:
             raise ValueError("Masked Shared Attention needs a MASK per image, or the subject's words to estimate one.")
 
     def check_count(self, batch: int) -> None:
@@ -73,20 +79,23 @@ def step_index(transformer_options: dict) -> int | None:
 
 
 class CanvasOffsetPatch:
-    """Post-input patch: image j of a shared chunk sits j image-heights lower (text ids too)."""
+    """Post-input patch: sample s moves `multipliers[s]` image-heights down (text ids too)."""
 
-    def __init__(self, images_per_chunk: int, shared_chunks: tuple[bool, ...]):
-        self.images_per_chunk = images_per_chunk
-        self.shared_chunks = shared_chunks
+    def __init__(self, multipliers: tuple[int, ...]):
+        self.multipliers = multipliers
+
+    @classmethod
+    def for_chunks(cls, images_per_chunk: int, shared_chunks: tuple[bool, ...]) -> CanvasOffsetPatch:
+        """Image j of each shared chunk j heights down; unshared chunks stay."""
+        return cls(tuple(j if shared else 0 for shared in shared_chunks for j in range(images_per_chunk)))
 
     def __call__(self, kwargs: dict) -> dict:
         img_ids, txt_ids = kwargs["img_ids"].clone(), kwargs["txt_ids"].clone()
         rows = img_ids[..., 1].amax() + 1
-        for sample in range(img_ids.shape[0]):
-            chunk, position = divmod(sample, self.images_per_chunk)
-            if self.shared_chunks[chunk] and position:
-                img_ids[sample, :, 1] += position * rows
-                txt_ids[sample, :, 1] += position * rows
+        for sample, multiplier in enumerate(self.multipliers):
+            if multiplier:
+                img_ids[sample, :, 1] += multiplier * rows
+                txt_ids[sample, :, 1] += multiplier * rows
         return {**kwargs, "img_ids": img_ids, "txt_ids": txt_ids}
 
 
@@ -177,6 +186,9 @@ class SharedAttentionWrapper:
         cond_or_uncond = transformer_options.get("cond_or_uncond") or [0]
         if x.shape[0] % len(cond_or_uncond):
             return plain()
+        if self.settings.references is not None:
+            return self.reference_pass(executor, x, timestep, context, y, guidance, ref_latents, control,
+                                       transformer_options, cond_or_uncond, plain, **kwargs)
         batch = x.shape[0] // len(cond_or_uncond)
         self.settings.check_count(batch)
         shared_chunks = tuple(c == 0 or self.settings.patch_negative for c in cond_or_uncond)
@@ -200,9 +212,100 @@ class SharedAttentionWrapper:
             return plain()
 
         patches = dict(transformer_options.get("patches", {}))
-        patches["post_input"] = [*patches.get("post_input", []), CanvasOffsetPatch(batch, shared_chunks)]
+        patches["post_input"] = [*patches.get("post_input", []), CanvasOffsetPatch.for_chunks(batch, shared_chunks)]
         override = SharedAttentionOverride(foreground, context.shape[1], shared_chunks, self.settings.kernel,
                                            previous=transformer_options.get("optimized_attention_override"),
                                            batch=batch, grid=grid, word_tokens=self.settings.word_tokens)
         options = {**transformer_options, "patches": patches, "optimized_attention_override": override}
         return executor(x, timestep, context, y, guidance, ref_latents, control, options, **kwargs)
+
+    def reference_pass(self, executor, x, timestep, context, y, guidance, ref_latents, control, transformer_options,
+                       cond_or_uncond, plain, **kwargs):
+        """Reference mode: the references, noised to this step's sigma with fresh (seeded) noise, run as extra
+        batch rows; the targets of shared chunks borrow the references' foreground; nothing else changes."""
+        settings = self.settings
+        batch = x.shape[0] // len(cond_or_uncond)
+        shared_chunks = tuple(c == 0 or settings.patch_negative for c in cond_or_uncond)
+        if not any(shared_chunks):
+            return plain()
+        if control is not None:
+            raise ValueError("Masked Shared Attention's reference mode does not combine with a ControlNet yet.")
+        sigmas = transformer_options.get("sigmas")
+        if sigmas is None:
+            raise ValueError("reference mode needs ComfyUI's sampler (the current sigma was not passed).")
+        patch_size = executor.class_obj.patch_size
+        grid = ((x.shape[-2] + patch_size - 1) // patch_size, (x.shape[-1] + patch_size - 1) // patch_size)
+        count = settings.references.shape[0]
+        step = step_index(transformer_options)
+        if step is not None and step < settings.full_shared_steps or settings.reference_masks is None:
+            lent = torch.ones(count, grid[0] * grid[1], dtype=torch.bool)
+        else:
+            lent = foreground_tokens(settings.reference_masks, grid, settings.dilation)
+        if not bool(lent.any()):
+            return plain()
+
+        sigma = float(sigmas.max())
+        references = settings.references.to(device=x.device, dtype=torch.float32)
+        if tuple(references.shape[-2:]) != tuple(x.shape[-2:]):
+            references = torch.nn.functional.interpolate(references, size=x.shape[-2:], mode="bilinear")
+        generator = torch.Generator().manual_seed(settings.noise_seed * 1_000_003 + round(sigma * 1e6))
+        noise = torch.randn(references.shape, generator=generator).to(references)
+        sigma_rows = torch.full((count,), sigma, device=x.device)
+        sampling = settings.model_sampling
+        noised = sampling.calculate_input(sigma_rows, sampling.noise_scaling(sigma_rows, noise, references))
+
+        total = x.shape[0]
+
+        def extend(value):  # reference rows borrow the first (positive) row's conditioning
+            if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == total:
+                return torch.cat([value, value[:1].expand(count, *value.shape[1:])])
+            if isinstance(value, list):
+                return [extend(v) for v in value]
+            return value
+
+        target_rows = [row for chunk, shared in enumerate(shared_chunks) if shared
+                       for row in range(chunk * batch, (chunk + 1) * batch)]
+        rows = target_rows + list(range(total, total + count))
+        multipliers = tuple([0] * total + [r + 1 for r in range(count)])
+        patches = dict(transformer_options.get("patches", {}))
+        patches["post_input"] = [*patches.get("post_input", []), CanvasOffsetPatch(multipliers)]
+        override = ReferenceAttentionOverride(rows, len(target_rows), lent, context.shape[1], settings.kernel,
+                                              previous=transformer_options.get("optimized_attention_override"))
+        options = {**transformer_options, "patches": patches, "optimized_attention_override": override}
+        out = executor(torch.cat([x, noised.to(x.dtype)]), extend(timestep), extend(context), extend(y),
+                       extend(guidance), extend(ref_latents), control, options,
+                       **{key: extend(value) for key, value in kwargs.items()})
+        return out[:total]
+
+
+class ReferenceAttentionOverride(SharedAttentionOverride):
+    """Rows `rows` (targets first, then references) form one group: targets borrow the references' lent
+    tokens, references attend to themselves; every other row runs the original attention."""
+
+    def __init__(self, rows: list[int], targets: int, lent: torch.Tensor, text_tokens: int, kernel, previous=None):
+        super().__init__(lent, text_tokens, (), kernel, previous=previous)
+        self.rows = rows
+        self.targets = targets
+
+    def __call__(self, func, q, k, v, heads, *args, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
+        if not skip_reshape:
+            return self._original(func, q, k, v, heads, *args, mask=mask, skip_reshape=skip_reshape,
+                                  skip_output_reshape=skip_output_reshape, **kwargs)
+        if mask is not None:
+            raise ValueError("Masked Shared Attention cannot combine with an attention mask on the same model.")
+        image_tokens = q.shape[2] - self.text_tokens
+        lent = torch.nn.functional.pad(self.foreground, (0, image_tokens - self.foreground.shape[1]), value=False)
+        foreground = torch.cat([torch.zeros(self.targets, image_tokens, dtype=torch.bool), lent]).to(q.device)
+        borrowers = torch.tensor([True] * self.targets + [False] * lent.shape[0])
+        out = torch.empty_like(q)
+        group = torch.tensor(self.rows, device=q.device)
+        out[group] = self.kernel(q[group], k[group], v[group], self.text_tokens, foreground, borrowers)
+        others = [r for r in range(q.shape[0]) if r not in set(self.rows)]
+        if others:
+            rest = torch.tensor(others, device=q.device)
+            out[rest] = self._original(func, q[rest], k[rest], v[rest], heads, *args, mask=None, skip_reshape=True,
+                                       skip_output_reshape=True, **kwargs)
+        if skip_output_reshape:
+            return out
+        b, h, length, d = out.shape
+        return out.transpose(1, 2).reshape(b, length, h * d)

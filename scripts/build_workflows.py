@@ -394,8 +394,39 @@ def wf_consistent_batch() -> Graph:
     return g
 
 
+def wf_shared_reference() -> Graph:
+    intro = (
+        "SynCD reference mode: the reference image is noised to each step's noise level with fresh (seeded) noise, "
+        "runs through the same model next to the batch, and each generated image's image tokens also attend to "
+        "the reference's tokens (all of them in the first step, then the reference_mask's foreground; without a "
+        "mask, the whole reference). Connect a subject mask of the reference (1 = object) to borrow only the "
+        "object. Works on plain FLUX as here, and on a DreamO-patched MODEL.\n"
+        "Experimental (issue 5).\n\n"
+        f"Files: diffusion_models/{FLUX_UNET}, text_encoders/{T5}, text_encoders/{CLIP_L}, vae/{FLUX_VAE}. "
+        "Input image: copy custom_nodes/refcustom/workflows/inputs/* into ComfyUI/input/."
+    )
+    g = Graph("syncd_reference", "SynCD shared-attention reference mode (batch of 2)", intro)
+    unet = g.add("UNETLoader", "Load FLUX.1-dev", LOADER_COLOR, unet_name=FLUX_UNET, weight_dtype="default")
+    clip = g.add("DualCLIPLoader", "Load T5-XXL + CLIP-L", LOADER_COLOR,
+                 clip_name1=T5, clip_name2=CLIP_L, type="flux", device="default")
+    vae = g.add("VAELoader", "Load FLUX VAE", LOADER_COLOR, vae_name=FLUX_VAE)
+    image = g.add("LoadImage", "Reference image", None, image="refcustom_subject.png")
+    shared = g.add("RefCustom_SharedAttentionReference", None, None, model=unet[0], vae=vae[0], reference=image[0],
+                   dilation=9, full_shared_steps=1, patch_negative=False, noise_seed=0)
+    prompt = g.add("CLIPTextEncode", "Prompt", POSITIVE_COLOR, clip=clip[0],
+                   text="a toy robot standing on a sunny beach, photo")
+    guided = g.add("FluxGuidance", None, None, conditioning=prompt[0], guidance=3.5)
+    negative = g.add("CLIPTextEncode", "Negative (empty; unused at cfg 1)", NEGATIVE_COLOR, clip=clip[0], text="")
+    latent = g.add("EmptySD3LatentImage", None, None, width=1024, height=1024, batch_size=2)
+    sampler = g.add("KSampler", None, None, model=shared[0], seed=SEED, steps=20, cfg=1.0, sampler_name="euler",
+                    scheduler="simple", positive=guided[0], negative=negative[0], latent_image=latent[0], denoise=1.0)
+    decode = g.add("VAEDecode", None, None, samples=sampler[0], vae=vae[0])
+    g.add("SaveImage", None, None, images=decode[0], filename_prefix="refcustom/syncd_reference")
+    return g
+
+
 ALL = [wf_ip, wf_id, wf_multi, wf_tryon, wf_style, wf_turbo, wf_dreamo_normalized, wf_kontext_normalized,
-       wf_consistent_batch]
+       wf_consistent_batch, wf_shared_reference]
 
 # ----------------------------------------------------------------------------------------------
 # Node definitions (/object_info) -> widgets

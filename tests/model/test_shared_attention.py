@@ -122,3 +122,17 @@ def test_word_attention_map_is_the_mean_cross_attention_to_the_words():
     ours = word_attention_map(q, k, [1, 4])
     probabilities = torch.softmax(torch.einsum("hnd,htd->hnt", q, k) / 8 ** 0.5, dim=-1)
     torch.testing.assert_close(ours, probabilities[:, :, [1, 4]].mean(dim=(0, 2)))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_non_borrowers_attend_to_themselves_only(seed):
+    """Reference mode: references lend their foreground, targets borrow, references borrow nothing."""
+    q, k, v = qkv(4, 2, 3, 12, 8, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    foreground = torch.zeros(4, 12, dtype=torch.bool)
+    foreground[2:] = torch.rand(2, 12, generator=g) < 0.5  # images 2, 3 are references
+    borrowers = torch.tensor([True, True, False, False])
+    ours = masked_shared_attention(q, k, v, 3, foreground, borrowers)
+    torch.testing.assert_close(ours, dense_shared_attention(q, k, v, 3, foreground, borrowers), rtol=1e-5, atol=1e-5)
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(ours[2:], plain[2:], rtol=1e-5, atol=1e-5)

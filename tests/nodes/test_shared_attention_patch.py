@@ -1,5 +1,7 @@
 """Masked Shared Attention on ComfyUI's FLUX (tier 2, in-process)."""
 
+from dataclasses import replace
+
 import comfy.patcher_extension
 import nodes as comfy_nodes
 import pytest
@@ -108,7 +110,7 @@ def test_canvas_offset_patch_moves_image_j_down_by_j_heights():
     img_ids = torch.zeros(4, 6, 3)
     img_ids[..., 1] = torch.tensor([0, 0, 1, 1, 2, 2], dtype=torch.float32)
     txt_ids = torch.zeros(4, 2, 3)
-    out = CanvasOffsetPatch(images_per_chunk=2, shared_chunks=(True, False))(
+    out = CanvasOffsetPatch.for_chunks(images_per_chunk=2, shared_chunks=(True, False))(
         {"img": None, "txt": None, "img_ids": img_ids, "txt_ids": txt_ids})
     rows = out["img_ids"][..., 1]
     assert rows[0].tolist() == [0, 0, 1, 1, 2, 2]
@@ -191,3 +193,53 @@ def test_subject_word_positions_and_errors(tiny_clip):
         subject_word_positions(tiny_clip, "a red toy robot", "cat")
     with pytest.raises(ValueError, match="needs clip, prompt and subject_words"):
         subject_word_positions(tiny_clip, "a red toy robot", "")
+
+
+
+def reference_patch(model, vae, reference_mask=None, kernel=None, full_shared_steps=0):
+    from refcustom.nodes.shared_attention import SharedAttentionReferenceNode
+
+    reference = torch.rand(2, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(9))
+    patched = SharedAttentionReferenceNode.execute(model, vae, reference, 1, full_shared_steps, False, 3,
+                                                   reference_mask=reference_mask).args[0]
+    if kernel is not None:  # same settings, another kernel (the dense definition)
+        wrappers = patched.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
+        settings = wrappers[0].settings
+        patched = patched.clone()
+        patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY,
+                                     SharedAttentionWrapper(replace(settings, kernel=kernel)))
+    return patched
+
+
+def test_reference_mode_matches_the_dense_definition(tiny_flux, tiny_clip, tiny_vae):
+    reference_masks = torch.zeros(2, SIZE, SIZE)
+    reference_masks[:, 8:40, 8:40] = 1.0
+    gathered = sample(reference_patch(tiny_flux, tiny_vae, reference_masks, full_shared_steps=1), tiny_clip, cfg=2.0)
+    dense = sample(reference_patch(tiny_flux, tiny_vae, reference_masks, kernel=dense_shared_attention,
+                                   full_shared_steps=1), tiny_clip, cfg=2.0)
+    assert torch.isfinite(gathered).all()
+    torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(gathered, sample(tiny_flux, tiny_clip, cfg=2.0))
+    # the references' noise is fresh per step but seeded: the same run twice is identical
+    again = sample(reference_patch(tiny_flux, tiny_vae, reference_masks, full_shared_steps=1), tiny_clip, cfg=2.0)
+    assert torch.equal(gathered, again)
+
+
+def test_reference_mode_with_background_only_masks_is_the_unpatched_model(tiny_flux, tiny_clip, tiny_vae):
+    plain = sample(tiny_flux, tiny_clip)
+    assert torch.equal(plain, sample(reference_patch(tiny_flux, tiny_vae, torch.zeros(2, SIZE, SIZE)), tiny_clip))
+
+
+def test_reference_mode_errors(tiny_flux, tiny_vae):
+    from refcustom.nodes.shared_attention import SharedAttentionReferenceNode
+
+    reference = torch.rand(2, SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match="1 reference masks for 2 reference images"):
+        SharedAttentionReferenceNode.execute(tiny_flux, tiny_vae, reference, 1, 0, False, 0,
+                                             reference_mask=torch.ones(1, SIZE, SIZE))
+    with pytest.raises(ValueError, match="the reference mask is 16x16"):
+        SharedAttentionReferenceNode.execute(tiny_flux, tiny_vae, reference, 1, 0, False, 0,
+                                             reference_mask=torch.ones(2, 16, 16))
+    with pytest.raises(TypeError, match="needs a FLUX.1 model"):
+        SharedAttentionReferenceNode.execute(tiny_sd3(), tiny_vae, reference, 1, 0, False, 0)
