@@ -25,7 +25,7 @@ from random_flux import PRESETS, build_random_flux, import_host
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small", help="model for the full-step timing")
     parser.add_argument("--skip-step", action="store_true")
     args = parser.parse_args()

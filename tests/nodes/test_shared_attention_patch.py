@@ -243,3 +243,12 @@ def test_reference_mode_errors(tiny_flux, tiny_vae):
                                              reference_mask=torch.ones(2, 16, 16))
     with pytest.raises(TypeError, match="needs a FLUX.1 model"):
         SharedAttentionReferenceNode.execute(tiny_sd3(), tiny_vae, reference, 1, 0, False, 0)
+
+
+def test_patch_negative_shares_in_the_uncond_branch_too(tiny_flux, tiny_clip):
+    cond_only = sample(patch(tiny_flux, masks(), full_shared_steps=1), tiny_clip, cfg=2.0)
+    both = sample(patch(tiny_flux, masks(), full_shared_steps=1, patch_negative=True), tiny_clip, cfg=2.0)
+    dense_both = sample(with_kernel(tiny_flux, masks(), dense_shared_attention, dilation=1, full_shared_steps=1,
+                                    patch_negative=True), tiny_clip, cfg=2.0)
+    assert not torch.allclose(cond_only, both)
+    torch.testing.assert_close(both, dense_both, rtol=1e-5, atol=1e-5)
