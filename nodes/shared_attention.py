@@ -70,13 +70,16 @@ class MaskedSharedAttentionNode(io.ComfyNode):
                 io.Boolean.Input("patch_negative", default=False,
                                  tooltip="Also share attention in the negative (uncond) branch of CFG. Off = the "
                                          "negative runs unpatched."),
+                io.Float.Input("full_shared_above_sigma", optional=True, default=0.0, min=0.0, max=1000.0, step=0.01,
+                               tooltip="Also share every token while the noise level sigma is at least this (a sigma "
+                                       "range instead of a step count; FLUX sigmas run 1 -> 0). 0 = off."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     def execute(cls, model, dilation, full_shared_steps, patch_negative, mask=None, clip=None, prompt="",
-                subject_words="") -> io.NodeOutput:
+                subject_words="", full_shared_above_sigma=0.0) -> io.NodeOutput:
         require_flux(model, "Masked Shared Attention")
         if dilation % 2 == 0:
             raise ValueError(f"dilation must be odd (a centred square), got {dilation}")
@@ -86,6 +89,7 @@ class MaskedSharedAttentionNode(io.ComfyNode):
         else:
             words = subject_word_positions(clip, prompt, subject_words)
         settings = SharedAttentionSettings(masks=masks, dilation=dilation, full_shared_steps=full_shared_steps,
+                                           full_shared_above_sigma=full_shared_above_sigma,
                                            patch_negative=patch_negative, word_tokens=words)
         patched = model.clone()
         patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
@@ -119,6 +123,9 @@ class SharedAttentionReferenceNode(io.ComfyNode):
                              tooltip="The first N steps borrow every reference token; 0 = masks from the start."),
                 io.Boolean.Input("patch_negative", default=False,
                                  tooltip="Also borrow in the negative (uncond) branch. Off = the negative runs unpatched."),
+                io.Float.Input("full_shared_above_sigma", optional=True, default=0.0, min=0.0, max=1000.0, step=0.01,
+                               tooltip="Also share every token while the noise level sigma is at least this (a sigma "
+                                       "range instead of a step count; FLUX sigmas run 1 -> 0). 0 = off."),
                 io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFF,
                              tooltip="Seed of the fresh noise added to the references at each step."),
             ],
@@ -127,7 +134,7 @@ class SharedAttentionReferenceNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, reference, dilation, full_shared_steps, patch_negative, noise_seed,
-                reference_mask=None) -> io.NodeOutput:
+                reference_mask=None, full_shared_above_sigma=0.0) -> io.NodeOutput:
         require_flux(model, "Masked Shared Attention")
         if dilation % 2 == 0:
             raise ValueError(f"dilation must be odd (a centred square), got {dilation}")
@@ -143,6 +150,7 @@ class SharedAttentionReferenceNode(io.ComfyNode):
                     f"{reference.shape[2]}x{reference.shape[1]}; use the mask of this image."
                 )
         settings = SharedAttentionSettings(masks=None, dilation=dilation, full_shared_steps=full_shared_steps,
+                                           full_shared_above_sigma=full_shared_above_sigma,
                                            patch_negative=patch_negative, references=latents, reference_masks=masks,
                                            model_sampling=model.get_model_object("model_sampling"),
                                            noise_seed=noise_seed)

@@ -40,6 +40,7 @@ class SharedAttentionSettings:
     masks: torch.Tensor | None
     dilation: int = 9
     full_shared_steps: int = 1
+    full_shared_above_sigma: float = 0.0  # also share everything while sigma >= this (0 = off)
     patch_negative: bool = False
     word_tokens: tuple[int, ...] = ()
     kernel: object = field(default=masked_shared_attention, compare=False)
@@ -53,6 +54,14 @@ class SharedAttentionSettings:
     def __post_init__(self):
         if self.masks is None and not self.word_tokens and self.references is None:
             raise ValueError("Masked Shared Attention needs a MASK per image, or the subject's words to estimate one.")
+
+    def full_phase(self, transformer_options: dict) -> bool:
+        """Whether this step shares every token: the first `full_shared_steps`, or sigma in the full range."""
+        step = step_index(transformer_options)
+        if step is not None and step < self.full_shared_steps:
+            return True
+        sigmas = transformer_options.get("sigmas")
+        return self.full_shared_above_sigma > 0 and sigmas is not None and float(sigmas.max()) >= self.full_shared_above_sigma
 
     def check_count(self, batch: int) -> None:
         if self.masks is not None and self.masks.shape[0] != batch:
@@ -196,8 +205,7 @@ class SharedAttentionWrapper:
             return plain()
         patch_size = executor.class_obj.patch_size
         grid = ((x.shape[-2] + patch_size - 1) // patch_size, (x.shape[-1] + patch_size - 1) // patch_size)
-        step = step_index(transformer_options)
-        if step is not None and step < self.settings.full_shared_steps:
+        if self.settings.full_phase(transformer_options):
             foreground = torch.ones(batch, grid[0] * grid[1], dtype=torch.bool)
         elif self.settings.masks is not None:
             foreground = self.settings.foreground(batch, grid)
@@ -236,8 +244,7 @@ class SharedAttentionWrapper:
         patch_size = executor.class_obj.patch_size
         grid = ((x.shape[-2] + patch_size - 1) // patch_size, (x.shape[-1] + patch_size - 1) // patch_size)
         count = settings.references.shape[0]
-        step = step_index(transformer_options)
-        if step is not None and step < settings.full_shared_steps or settings.reference_masks is None:
+        if settings.full_phase(transformer_options) or settings.reference_masks is None:
             lent = torch.ones(count, grid[0] * grid[1], dtype=torch.bool)
         else:
             lent = foreground_tokens(settings.reference_masks, grid, settings.dilation)

@@ -252,3 +252,16 @@ def test_patch_negative_shares_in_the_uncond_branch_too(tiny_flux, tiny_clip):
                                     patch_negative=True), tiny_clip, cfg=2.0)
     assert not torch.allclose(cond_only, both)
     torch.testing.assert_close(both, dense_both, rtol=1e-5, atol=1e-5)
+
+
+
+def test_a_sigma_range_selects_the_full_sharing_steps(tiny_flux, tiny_clip):
+    import comfy.samplers
+
+    sigmas = comfy.samplers.calculate_sigmas(tiny_flux.get_model_object("model_sampling"), "simple", 3)
+    between = float(sigmas[1] + sigmas[2]) / 2  # the first two steps are at or above it, the third below
+    by_sigma = sample(MaskedSharedAttentionNode.execute(tiny_flux, 1, 0, False, mask=masks(0.0),
+                                                        full_shared_above_sigma=between).args[0], tiny_clip)
+    by_steps = sample(patch(tiny_flux, masks(0.0), full_shared_steps=2), tiny_clip)
+    torch.testing.assert_close(by_sigma, by_steps, rtol=0, atol=0)
+    assert not torch.equal(by_steps, sample(patch(tiny_flux, masks(0.0), full_shared_steps=1), tiny_clip))
