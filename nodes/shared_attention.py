@@ -9,6 +9,15 @@ from .dreamo_loader import require_flux
 from .shared_attention_patch import SHARED_ATTENTION_KEY, SharedAttentionSettings, SharedAttentionWrapper
 
 
+def with_shared_attention(model, settings: SharedAttentionSettings):
+    """A clone of `model` whose shared-attention wrapper (if any) is replaced by one with `settings`."""
+    patched = model.clone()
+    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY,
+                                 SharedAttentionWrapper(settings))
+    return patched
+
+
 def subject_word_positions(clip, prompt: str, subject_words: str) -> tuple[int, ...]:
     """T5 positions of each comma-separated subject word inside the tokenized prompt."""
     words = [w.strip() for w in subject_words.split(",") if w.strip()]
@@ -91,11 +100,7 @@ class MaskedSharedAttentionNode(io.ComfyNode):
         settings = SharedAttentionSettings(masks=masks, dilation=dilation, full_shared_steps=full_shared_steps,
                                            full_shared_above_sigma=full_shared_above_sigma,
                                            patch_negative=patch_negative, word_tokens=words)
-        patched = model.clone()
-        patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY,
-                                     SharedAttentionWrapper(settings))
-        return io.NodeOutput(patched)
+        return io.NodeOutput(with_shared_attention(model, settings))
 
 
 class SharedAttentionReferenceNode(io.ComfyNode):
@@ -154,8 +159,4 @@ class SharedAttentionReferenceNode(io.ComfyNode):
                                            patch_negative=patch_negative, references=latents, reference_masks=masks,
                                            model_sampling=model.get_model_object("model_sampling"),
                                            noise_seed=noise_seed)
-        patched = model.clone()
-        patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY,
-                                     SharedAttentionWrapper(settings))
-        return io.NodeOutput(patched)
+        return io.NodeOutput(with_shared_attention(model, settings))
