@@ -1,0 +1,254 @@
+"""AlignGen's learned parts: the Deviation Extraction Module, selective cross-modal attention and
+reference-only LoRA.
+
+AlignGen ("Cross-Modality Prior Alignment for Personalized Image Generation", shared/papers/aligngen.txt;
+details restored in shared/notes/syncd-aligngen.md) has no public code or weights: everything here is
+defined by the paper and by us, and the train/ sidecar produces the weights.
+
+- DEM: a learnable token S* sits before the concept name. The T5 rows of S* and of the name
+  (c_concept, [B, 1 + l, D]) go through self-attention, cross-attention to the Redux tokens of the
+  reference, and an MLP; only the first output row (S*') replaces S* in the prompt
+  (`replace_learned_token`): replacing the name's rows too causes concept drift (paper Fig. 7).
+- Selective cross-modal attention: in the joint attention, text tokens that are not concept tokens
+  may not attend to the reference image tokens; everything else is unchanged.
+- Reference-only LoRA: the DiT is shared by noisy and reference tokens, with a LoRA on the
+  reference tokens only. They are the trailing rows of every sequence a FLUX Linear sees.
+
+Pure torch: nothing here imports ComfyUI. Attention tensors are [B, H, L, D] (batch, heads, tokens, head dim).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DeviationExtractionModule(nn.Module):
+    """c' = c + SelfAttn(c); c' = c' + CrossAttn(c', redux); c' = c' + MLP(c'), each sublayer pre-norm."""
+
+    def __init__(self, text_dim: int, redux_dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        if heads < 1 or text_dim % heads:
+            raise ValueError(f"text_dim {text_dim} must be divisible by heads {heads}")
+        hidden = int(text_dim * mlp_ratio)
+        if hidden < 1:
+            raise ValueError(f"mlp_ratio {mlp_ratio} gives an empty MLP for text_dim {text_dim}")
+        self.heads, self.mlp_ratio = heads, mlp_ratio
+        self.norm_self = nn.LayerNorm(text_dim)
+        self.self_attn = nn.MultiheadAttention(text_dim, heads, batch_first=True)
+        self.norm_cross = nn.LayerNorm(text_dim)
+        self.norm_redux = nn.LayerNorm(redux_dim)
+        self.cross_attn = nn.MultiheadAttention(text_dim, heads, kdim=redux_dim, vdim=redux_dim, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(text_dim)
+        self.mlp = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, text_dim))
+        # Zero output projections make a fresh DEM the identity (S*' = S*): training starts from the
+        # plain learned token, and the frozen FLUX sees an in-distribution prompt on step one.
+        for layer in (self.self_attn.out_proj, self.cross_attn.out_proj, self.mlp[2]):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @property
+    def config(self) -> dict:
+        return {"text_dim": self.norm_self.normalized_shape[0], "redux_dim": self.norm_redux.normalized_shape[0],
+                "heads": self.heads, "mlp_ratio": self.mlp_ratio}
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], heads: int,
+                        mlp_ratio: float = 4.0) -> DeviationExtractionModule:
+        """Rebuild from saved tensors (e.g. a safetensors file); the widths come from the norms' weights."""
+        for key in ("norm_self.weight", "norm_redux.weight"):
+            if key not in state_dict:
+                raise ValueError(f"not a DEM state dict: missing key {key!r}")
+        text_dim, redux_dim = state_dict["norm_self.weight"].shape[0], state_dict["norm_redux.weight"].shape[0]
+        with torch.device("meta"):  # no throwaway init of ~270M parameters at FLUX widths
+            module = cls(text_dim, redux_dim, heads, mlp_ratio)
+        expected = module.state_dict()
+        missing, unexpected = sorted(expected.keys() - state_dict.keys()), sorted(state_dict.keys() - expected.keys())
+        if missing or unexpected:
+            raise ValueError(f"DEM state dict does not match: missing keys {missing}, unexpected keys {unexpected}")
+        wrong = [f"{k}: {list(state_dict[k].shape)} != {list(v.shape)}" for k, v in expected.items()
+                 if state_dict[k].shape != v.shape]
+        if wrong:
+            raise ValueError(f"DEM state dict shapes do not match (heads={heads}, mlp_ratio={mlp_ratio}): {wrong}")
+        module.load_state_dict(state_dict, assign=True)
+        return module
+
+    def forward(self, concept_tokens: torch.Tensor, redux_tokens: torch.Tensor) -> torch.Tensor:
+        """concept_tokens [B, 1 + l, text_dim] (row 0 is S*), redux_tokens [B or 1, R, redux_dim] -> like concept_tokens."""
+        config = self.config
+        if concept_tokens.ndim != 3 or concept_tokens.shape[1] < 1 or concept_tokens.shape[2] != config["text_dim"]:
+            raise ValueError(f"concept_tokens must be [B, 1 + l, {config['text_dim']}], got {list(concept_tokens.shape)}")
+        if redux_tokens.ndim != 3 or redux_tokens.shape[1] < 1 or redux_tokens.shape[2] != config["redux_dim"]:
+            raise ValueError(f"redux_tokens must be [B, R, {config['redux_dim']}], got {list(redux_tokens.shape)}")
+        batch = concept_tokens.shape[0]
+        if redux_tokens.shape[0] not in (1, batch):
+            raise ValueError(f"redux batch {redux_tokens.shape[0]} must be 1 or the concept batch {batch}")
+        redux = self.norm_redux(redux_tokens.expand(batch, -1, -1))
+        c = concept_tokens
+        h = self.norm_self(c)
+        c = c + self.self_attn(h, h, h, need_weights=False)[0]
+        c = c + self.cross_attn(self.norm_cross(c), redux, redux, need_weights=False)[0]
+        return c + self.mlp(self.norm_mlp(c))
+
+
+def replace_learned_token(text_tokens: torch.Tensor, learned_positions: torch.Tensor,
+                          updated_rows: torch.Tensor) -> torch.Tensor:
+    """text_tokens [B, L, D] with row learned_positions[b] of sample b replaced by updated_rows[b] ([B, D]).
+
+    Out of place (the prompt's tensor may be shared by other conditionings), differentiable in both inputs.
+    """
+    batch, length, dim = text_tokens.shape
+    if learned_positions.shape != (batch,) or updated_rows.shape != (batch, dim):
+        raise ValueError(f"need positions [{batch}] and rows [{batch}, {dim}], got "
+                         f"{list(learned_positions.shape)} and {list(updated_rows.shape)}")
+    if ((learned_positions < 0) | (learned_positions >= length)).any():
+        raise ValueError(f"learned positions {learned_positions.tolist()} outside [0, {length})")
+    rows = torch.arange(length, device=text_tokens.device)
+    hit = (rows[None, :] == learned_positions.to(text_tokens.device)[:, None]).unsqueeze(-1)  # [B, L, 1]
+    return torch.where(hit, updated_rows.to(text_tokens.dtype).unsqueeze(1), text_tokens)
+
+
+def _check_selective(q, k, v, text_len, concept_mask, reference_span):
+    if not (q.shape == k.shape == v.shape) or q.ndim != 4:
+        raise ValueError(f"q, k, v must share a [B, H, L, D] shape, got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    start, end = reference_span
+    if not 0 <= text_len <= start <= end <= q.shape[2]:
+        raise ValueError(f"need 0 <= text_len {text_len} <= reference start {start} <= end {end} <= L {q.shape[2]}")
+    if concept_mask.ndim != 2 or concept_mask.shape[0] not in (1, q.shape[0]) or concept_mask.shape[1] != text_len:
+        raise ValueError(f"concept_mask must be [B={q.shape[0]}, text_len={text_len}], got {list(concept_mask.shape)}")
+
+
+def dense_selective_mask(batch: int, L: int, text_len: int, concept_mask: torch.Tensor,
+                         reference_span: tuple[int, int]) -> torch.Tensor:
+    """The definition, bool [B, 1, L, L], True = may attend: non-concept text rows x reference columns are blocked."""
+    start, end = reference_span
+    positions = torch.arange(L, device=concept_mask.device)
+    blocked_rows = torch.zeros(concept_mask.shape[0], L, dtype=torch.bool, device=concept_mask.device)
+    blocked_rows[:, :text_len] = ~concept_mask.bool()
+    reference_cols = (positions >= start) & (positions < end)
+    allowed = ~(blocked_rows[:, :, None] & reference_cols[None, None, :])
+    return allowed.expand(batch, L, L).unsqueeze(1)
+
+
+def selective_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, text_len: int,
+                        concept_mask: torch.Tensor, reference_span: tuple[int, int]) -> torch.Tensor:
+    """SDPA under `dense_selective_mask`, without an L x L mask. [B, H, L, D] -> [B, H, L, D].
+
+    Every row first gets plain attention (the fast kernel). Blocked rows all drop the same key set, so the
+    text rows are run again against the keys without the reference span (no mask at all), and the
+    non-concept rows take that result. A text row always keeps the text and noise keys: never all masked.
+    """
+    _check_selective(q, k, v, text_len, concept_mask, reference_span)
+    out = F.scaled_dot_product_attention(q, k, v)
+    start, end = reference_span
+    if start == end or text_len == 0:
+        return out
+
+    def without_references(t):  # the usual layout has the references last: a view, no copy
+        return t[:, :, :start] if end == t.shape[2] else torch.cat((t[:, :, :start], t[:, :, end:]), dim=2)
+
+    text_out = F.scaled_dot_product_attention(q[:, :, :text_len], without_references(k), without_references(v))
+    blocked = ~concept_mask.to(device=q.device, dtype=torch.bool)[:, None, :, None]  # [B, 1, text_len, 1]
+    text_rows = torch.where(blocked, text_out, out[:, :, :text_len])
+    return torch.cat((text_rows, out[:, :, text_len:]), dim=2)
+
+
+class ReferenceOnlyLoRA(nn.Module):
+    """base(x), plus scale * up(down(x)) on the last `reference_tokens` rows (the reference tokens) only."""
+
+    def __init__(self, base: nn.Linear, rank: int, scale: float = 1.0):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.base, self.scale, self.reference_tokens = base, float(scale), 0
+        self.down = nn.Linear(base.in_features, rank, bias=False, **factory)
+        self.up = nn.Linear(rank, base.out_features, bias=False, **factory)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))  # as peft's lora_A
+        nn.init.zeros_(self.up.weight)  # a fresh LoRA changes nothing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        n = self.reference_tokens
+        if n == 0:
+            return y
+        if n < 0 or x.ndim < 2 or n > x.shape[-2]:
+            raise ValueError(f"reference_tokens {n} does not fit a sequence of shape {list(x.shape)} (tokens at dim -2)")
+        tail = y[..., -n:, :] + self.scale * self.up(self.down(x[..., -n:, :]))
+        return torch.cat((y[..., :-n, :], tail), dim=-2)
+
+    def delta_weight(self) -> torch.Tensor:
+        """What the LoRA adds to base.weight on reference rows: scale * up @ down, [out, in]."""
+        return self.scale * self.up.weight @ self.down.weight
+
+
+def install_reference_lora(root: nn.Module, target_names: list[str], rank: int,
+                           scale: float = 1.0) -> dict[str, ReferenceOnlyLoRA]:
+    """Replace each named nn.Linear under root (dotted names) by a ReferenceOnlyLoRA around it.
+
+    All names are checked before anything is replaced, so a bad name leaves root untouched.
+    """
+    if len(set(target_names)) != len(target_names):
+        raise ValueError(f"duplicate LoRA targets in {target_names}")
+    for name in target_names:
+        try:
+            module = root.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"LoRA target {name!r} does not exist") from None
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"LoRA target {name!r} is a {type(module).__name__}, not nn.Linear")
+    wrappers = {}
+    for name in target_names:
+        parent_name, _, child = name.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        wrappers[name] = ReferenceOnlyLoRA(getattr(parent, child), rank, scale)
+        setattr(parent, child, wrappers[name])
+    return wrappers
+
+
+@contextmanager
+def reference_tokens(modules: Iterable[ReferenceOnlyLoRA], count: int) -> Iterator[None]:
+    """Set reference_tokens = count on each module for the duration; previous values come back afterwards."""
+    if count < 0:
+        raise ValueError(f"reference token count must be >= 0, got {count}")
+    modules = list(modules)
+    previous = [m.reference_tokens for m in modules]
+    try:
+        for m in modules:
+            m.reference_tokens = count
+        yield
+    finally:
+        for m, old in zip(modules, previous, strict=True):
+            m.reference_tokens = old
+
+
+def reference_lora_state_dict(modules: dict[str, ReferenceOnlyLoRA]) -> dict[str, torch.Tensor]:
+    """{name}.lora_down.weight [rank, in] and {name}.lora_up.weight [out, rank] for each wrapper."""
+    state = {}
+    for name, m in modules.items():
+        state[f"{name}.lora_down.weight"] = m.down.weight.detach()
+        state[f"{name}.lora_up.weight"] = m.up.weight.detach()
+    return state
+
+
+def load_reference_lora_state_dict(modules: dict[str, ReferenceOnlyLoRA], state_dict: dict[str, torch.Tensor]) -> None:
+    """Inverse of reference_lora_state_dict: copies into the wrappers; keys and shapes must match exactly."""
+    targets = {}
+    for name, m in modules.items():
+        targets[f"{name}.lora_down.weight"] = m.down.weight
+        targets[f"{name}.lora_up.weight"] = m.up.weight
+    missing, unexpected = sorted(targets.keys() - state_dict.keys()), sorted(state_dict.keys() - targets.keys())
+    if missing or unexpected:
+        raise ValueError(f"reference LoRA state dict does not match: missing keys {missing}, unexpected keys {unexpected}")
+    wrong = [f"{k}: {list(state_dict[k].shape)} != {list(p.shape)}" for k, p in targets.items()
+             if state_dict[k].shape != p.shape]
+    if wrong:
+        raise ValueError(f"reference LoRA shapes do not match: {wrong}")
+    with torch.no_grad():
+        for key, parameter in targets.items():
+            parameter.copy_(state_dict[key])
