@@ -36,6 +36,7 @@ CHECKPOINTS = "checkpoints"
 class Trainer:
     def __init__(self, config: TrainConfig, accelerator=None):
         from accelerate import Accelerator
+        from accelerate.utils import set_seed
 
         self.config = config
         self.output = Path(config.output_dir)
@@ -44,6 +45,8 @@ class Trainer:
             gradient_accumulation_steps=config.optim.gradient_accumulation_steps,
         )
         device = self.accelerator.device
+        # peft draws its LoRA init from the global RNG: seed it so two runs of one config start equal.
+        set_seed(config.seed)
         self.model_path = self._model_path()
         self.parts = load_flux(self.model_path, DTYPES[config.model.weight_dtype], device)
         cache_dir = Path(config.data.cache_dir or self.output / "cache")
@@ -223,7 +226,7 @@ class Trainer:
                     acc.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"loss became {float(loss)} at step {self.step}; lower the learning rate "
                                          "or use bf16 instead of fp16")
             micro += 1
@@ -249,6 +252,23 @@ class Trainer:
             return None
         self.write_samples()
         return self.export()
+
+    def evaluate(self, batches: int = 4, seed: int = 1234) -> dict[str, float]:
+        """Mean loss terms on the first `batches` batches of stage 0 with fixed noise: comparable across
+        training (the random draws do not depend on how far training went)."""
+        generator = torch.Generator().manual_seed(seed)
+        plan = self.plan(0, 0)[:batches]
+        sums: dict[str, float] = {}
+        self.model.eval()
+        with torch.no_grad():
+            for indices in plan:
+                batch = self.latents_for(collate([self.dataset[i] for i in indices]))
+                loss, terms = self.method.loss(self.model, batch, self.config.stages[0], generator,
+                                               self.accelerator.device)
+                for name, value in {"loss": loss, **terms}.items():
+                    sums[name] = sums.get(name, 0.0) + float(value) / len(plan)
+        self.model.train()
+        return sums
 
     # -- samples and export ------------------------------------------------------------------------
 
