@@ -8,6 +8,7 @@ silently train with a default.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ def option(default, doc: str, **kwargs):
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"doc": doc}, **kwargs)
     if dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: dataclasses.replace(default), metadata={"doc": doc}, **kwargs)
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc}, **kwargs)
     return field(default=default, metadata={"doc": doc}, **kwargs)
 
 
@@ -198,7 +199,8 @@ def _build(cls, values: Any, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"training config: unknown key(s) {unknown} in {where}; valid keys: {sorted(fields)}")
+        raise ValueError(f"training config: unknown key(s) {unknown} in {where or 'the top level'}; "
+                         f"valid keys: {sorted(fields)}")
     kwargs = {}
     for name, value in values.items():
         factory = fields[name].default_factory

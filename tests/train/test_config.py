@@ -232,11 +232,6 @@ def test_unsupported_suffix_is_rejected(tmp_path):
         load_config(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="option() copies a nested dataclass default with dataclasses.replace (shallow): list fields such as "
-    "dreamo.routing_layers and optim.betas are one list shared by every TrainConfig built without that section",
-)
 def test_default_lists_are_not_shared_between_configs():
     first, second = TrainConfig(), config_from_dict({})
     original = list(first.dreamo.routing_layers)
