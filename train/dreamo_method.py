@@ -27,7 +27,7 @@ def strip_placeholders(prompt: str) -> str:
 class DreamOMethod:
     learned_tokens = PLACEHOLDER_TOKENS
 
-    def __init__(self, config, parts, prompts: PromptEncoder):
+    def __init__(self, config, parts, prompts: PromptEncoder, **_):
         self.config = config
         self.prompts = prompts
         self.model = DreamOFlux(parts.transformer, prompts.t5_width, config.lora.rank, config.lora.alpha,
@@ -102,6 +102,13 @@ class DreamOMethod:
         getattr(model, "module", model).captured = []
         total = cfg.lambda_diff * diff + cfg.lambda_route * route + cfg.lambda_holder * holder
         return total, {"diff": diff.detach(), "route": route.detach(), "holder": holder.detach()}
+
+    def prepare_batch(self, batch: dict, records) -> dict:
+        return batch
+
+    def sampling_text(self, batch: dict, device):
+        context, _ = self.prompts.encode(batch["prompt"], self.model.placeholders)
+        return context, self.prompts.pooled(batch["prompt"])
 
     def predict(self, model, noisy_tokens, batch, grids, sigma, context, pooled):
         """Velocity for sampling (no losses, all reference tokens)."""

@@ -60,7 +60,8 @@ class Trainer:
             from .aligngen_method import AlignGenMethod as Method
         self.prompts = PromptEncoder(self.parts, config.model.max_text_tokens, Method.learned_tokens,
                                      cache=TensorCache(cache_dir / "text", enabled=config.data.cache))
-        self.method = Method(config, self.parts, self.prompts)
+        self.method = Method(config, self.parts, self.prompts, redux_path=self.redux_path(),
+                             redux_cache=TensorCache(cache_dir / "redux", enabled=config.data.cache))
         if config.model.gradient_checkpointing:
             self.parts.transformer.enable_gradient_checkpointing()
         params = [p for p in self.method.model.parameters() if p.requires_grad]
@@ -136,7 +137,8 @@ class Trainer:
                 refs[k].append(entry[f"ref{k}"])
         batch["latents"] = torch.stack(targets)
         batch["reference_latents"] = [torch.stack(r) for r in refs]
-        return batch
+        batch["lines"] = [self.records[i].line for i in batch["index"].tolist()]
+        return self.method.prepare_batch(batch, self.records)
 
     def next_batch(self):
         """The next micro-batch at (stage, epoch, position), advancing the position."""
@@ -282,8 +284,7 @@ class Trainer:
         height, width = batch["latents"].shape[2:]
         grids = [(height // 2, width // 2)] + [(r.shape[2] // 2, r.shape[3] // 2) for r in batch["reference_latents"]]
         batch["reference_latents"] = [r.to(device) for r in batch["reference_latents"]]
-        context, _ = self.prompts.encode(batch["prompt"], self.method.learned_table(self.method.model))
-        pooled = self.prompts.pooled(batch["prompt"])
+        context, pooled = self.method.sampling_text(batch, device)
         noise_gen = torch.Generator().manual_seed(seed)
         x = pack(torch.randn(batch["latents"].shape, generator=noise_gen)).to(device)
         scheduler = self.parts.scheduler
