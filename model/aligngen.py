@@ -179,7 +179,9 @@ class ReferenceOnlyLoRA(nn.Module):
             return y
         if n < 0 or x.ndim < 2 or n > x.shape[-2]:
             raise ValueError(f"reference_tokens {n} does not fit a sequence of shape {list(x.shape)} (tokens at dim -2)")
-        tail = y[..., -n:, :] + self.scale * self.up(self.down(x[..., -n:, :]))
+        # The LoRA may be kept in float32 over a bf16 base (an optimizer needs full-precision weights).
+        delta = self.up(self.down(x[..., -n:, :].to(self.down.weight.dtype)))
+        tail = y[..., -n:, :] + (self.scale * delta).to(y.dtype)
         return torch.cat((y[..., :-n, :], tail), dim=-2)
 
     def delta_weight(self) -> torch.Tensor:

@@ -47,6 +47,9 @@ class AlignGenFlux(nn.Module):
         self.lora_scale = (alpha or rank) / rank
         self.lora_modules = install_reference_lora(transformer, reference_lora_targets(transformer), rank,
                                                    scale=self.lora_scale)
+        for module in self.lora_modules.values():  # trained in float32 whatever the base dtype (as peft does)
+            module.down.float()
+            module.up.float()
         self.processors = []
         for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
             processor = TrainingAttnProcessor()

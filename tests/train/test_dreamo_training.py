@@ -161,3 +161,16 @@ def test_export_is_the_official_dreamo_layout(tmp_path, tiny_flux_dir, shapes):
         meta = handle.metadata()
     assert meta["refcustom.mode"] == "dreamo" and meta["refcustom.rank"] == str(RANK)
     assert json.loads(meta["refcustom.stages"])[0]["name"] == "train"
+
+
+@pytest.mark.parametrize("name", ["dreamo_tiny.yaml", "aligngen_tiny.yaml", "dreamo_flux1_dev.yaml",
+                                  "aligngen_flux1_dev.yaml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    from refcustom.train.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "train" / "configs" / name)
+    assert config.total_steps > 0
+    if "flux1_dev" in name:
+        assert config.model.weight_dtype == "bfloat16" and config.optim.mixed_precision == "bf16"
