@@ -36,13 +36,16 @@ CHECKPOINTS = "checkpoints"
 class Trainer:
     def __init__(self, config: TrainConfig, accelerator=None):
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
         self.config = config
         self.output = Path(config.output_dir)
+        # Under DDP some trainable tensors may get no gradient in a step (L_holder skips plain prompts,
+        # the placeholder rows live outside the transformer's forward): let DDP look for them.
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.optim.mixed_precision,
             gradient_accumulation_steps=config.optim.gradient_accumulation_steps,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         device = self.accelerator.device
         # peft draws its LoRA init from the global RNG: seed it so two runs of one config start equal.
@@ -250,6 +253,9 @@ class Trainer:
             if self.config.run.sample_every and self.step % self.config.run.sample_every == 0:
                 self.write_samples()
         bar.close()
+        if os.environ.get("REFCUSTOM_DUMP_RANK_WEIGHTS"):  # tests: every process's weights, to compare
+            save_file(self.method.trainable_state_dict(),
+                      f"{os.environ['REFCUSTOM_DUMP_RANK_WEIGHTS']}-{self.accelerator.process_index}.safetensors")
         if self.step < total:
             return None
         self.write_samples()
