@@ -42,8 +42,8 @@ class AlignGenFlux(nn.Module):
     def __init__(self, transformer: nn.Module, t5_width: int, redux_width: int, rank: int, alpha: float | None,
                  dem_heads: int, learned_init: torch.Tensor):
         super().__init__()
-        transformer.requires_grad_(False)
         fuse_attention(transformer)
+        transformer.requires_grad_(False)  # after fusing: the fused Linears are new, trainable by default
         self.lora_scale = (alpha or rank) / rank
         self.lora_modules = install_reference_lora(transformer, reference_lora_targets(transformer), rank,
                                                    scale=self.lora_scale)

@@ -49,8 +49,8 @@ class DreamOFlux(nn.Module):
         bad = [j for j in routing_layers if not 0 <= j < depth]
         if bad:
             raise ValueError(f"dreamo.routing_layers {bad} do not exist: this FLUX has double blocks 0..{depth - 1}")
-        transformer.requires_grad_(False)
         fuse_attention(transformer)
+        transformer.requires_grad_(False)  # after fusing: the fused Linears are new, trainable by default
         transformer.add_adapter(
             LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=DREAMO_LORA_TARGETS, lora_dropout=0.0,
                        init_lora_weights=True),

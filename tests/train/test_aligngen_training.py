@@ -12,8 +12,8 @@
 - The export has the aligngen.* layout, its DEM loads back, its metadata names the mode and options.
 - Dataset errors name their metadata line.
 
-xfail(strict): AlignGenFlux trains the frozen FLUX's fused qkv projections (see FROZEN_FUSED_QKV_BUG),
-so the trained forward, "only trainable parts move" and exact resume fail until that is fixed.
+The fused qkv Linears that diffusers creates when fusing are frozen too ("only trainable parts move"):
+an earlier AlignGenFlux froze FLUX before fusing and trained them by accident.
 """
 
 from __future__ import annotations
@@ -108,14 +108,6 @@ def handset(tmp_path_factory, tiny_flux_dir, shapes):
     return trainer
 
 
-FROZEN_FUSED_QKV_BUG = (
-    "BUG in train/aligngen_model.py AlignGenFlux.__init__: transformer.requires_grad_(False) runs BEFORE "
-    "fuse_attention(transformer), and diffusers' fuse_projections creates new nn.Linear modules (to_qkv, "
-    "to_added_qkv) with requires_grad=True. So the frozen FLUX's fused qkv weights and biases (every "
-    "<block>.attn.to_qkv.base.* and transformer_blocks.<i>.attn.to_added_qkv.*) are handed to AdamW and trained, "
-    "but they are neither checkpointed nor exported: after training the model no longer equals the pretrained "
-    "FLUX plus the exported parts, and a resumed run restarts from the pretrained qkv (resume not exact)."
-)
 
 
 def random_inputs(text_len=7):
@@ -223,7 +215,6 @@ def test_aligngen_forward_equals_independent_computation(handset):
     torch.testing.assert_close(ours, independent_aligngen_forward(handset, *inputs), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=FROZEN_FUSED_QKV_BUG)
 def test_trained_aligngen_forward_equals_independent_computation(trained):
     """After 3 training steps the model must still be the pretrained FLUX plus its trainable parts."""
     trainer, _ = trained
@@ -237,7 +228,6 @@ def test_trained_aligngen_forward_equals_independent_computation(trained):
     torch.testing.assert_close(ours, independent_aligngen_forward(trainer, *inputs), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=FROZEN_FUSED_QKV_BUG)
 def test_training_updates_only_the_trainable_parts(trained):
     """The optimizer holds exactly the exported tensors; every FLUX weight is still the pretrained one."""
     from diffusers import FluxTransformer2DModel
@@ -334,7 +324,6 @@ def test_aligngen_training_lowers_loss_and_moves_every_trainable_part(tmp_path, 
     assert all(not v.any() for v in dead_lora_parts(final).values())
 
 
-@pytest.mark.xfail(strict=True, reason=FROZEN_FUSED_QKV_BUG)
 def test_aligngen_resume_is_bit_exact(tmp_path, tiny_flux_dir, shapes):
     overrides = {"stages": [{"name": "train", "steps": 12}], "run": {"checkpoint_every": 4},
                  "aligngen": {"reference_dropout": 0.5, "concept_substitution": 0.5}}
