@@ -1,0 +1,157 @@
+"""How AlignGen reaches FLUX inside ComfyUI, through public extension points only.
+
+- Reference-only LoRA: each target Linear (double blocks: `img_attn.qkv`, `img_attn.proj`; single
+  blocks: the q|k|v rows of `linear1`, and `linear2`) is replaced, through a ModelPatcher object
+  patch, by a copy of itself whose forward adds the LoRA delta to the trailing reference rows. The
+  copy shares the original's parameter dicts, so weight patches (other LoRAs), casting and
+  offloading act on it exactly as on the original; unpatching restores the original object.
+- Per pass: a DIFFUSION_MODEL wrapper reads the conditioning's `refcustom_aligngen` payload and
+  the reference latents, sets how many trailing tokens are reference tokens (a context variable
+  the LoRA copies read; 0 = plain FLUX) and installs, for that pass only, an attention override
+  for the selective cross-modal mask: non-concept text rows are recomputed without the reference
+  keys (no L x L mask). A pass without the payload (the negative prompt) is plain FLUX.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+import torch
+
+from ..model.dreamo_conditioning import tokens_for_latent
+
+ALIGNGEN_COND_KEY = "refcustom_aligngen"
+ALIGNGEN_WRAPPER_KEY = "refcustom_aligngen"
+DIAGONAL_REFERENCE_METHOD = "uxo"
+
+# Trailing reference tokens in the sequences the patched Linears see during the current pass.
+REFERENCE_TOKENS: contextvars.ContextVar[int] = contextvars.ContextVar("refcustom_aligngen_reference_tokens", default=0)
+
+
+@dataclass(frozen=True)
+class AlignGenConditioning:
+    """The conditioning payload: where S* and the concept name sit in T5's rows, and which reference
+    latent is AlignGen's (it must be the last one: the LoRA acts on the trailing tokens)."""
+
+    concept_start: int
+    concept_end: int  # exclusive; concept_end == concept_start means no concept tokens (image-only branch)
+    reference_slot: int
+
+    def without_concept(self) -> AlignGenConditioning:
+        return AlignGenConditioning(self.concept_start, self.concept_start, self.reference_slot)
+
+
+_SUBCLASSES: dict[type, type] = {}
+
+
+def _reference_lora_class(base: type) -> type:
+    """A subclass of the Linear's own class whose forward adds the reference-row LoRA term."""
+    if base not in _SUBCLASSES:
+        def forward(self, x, *args, **kwargs):
+            y = super(cls, self).forward(x, *args, **kwargs)
+            n = REFERENCE_TOKENS.get()
+            if n <= 0:
+                return y
+            down, up = self._reference_lora_weights(x.device, x.dtype)
+            delta = torch.nn.functional.linear(torch.nn.functional.linear(x[:, -n:], down), up)
+            rows = up.shape[0]
+            tail = y[:, -n:]
+            tail = torch.cat([tail[..., :rows] + delta.to(y.dtype), tail[..., rows:]], dim=-1)
+            return torch.cat([y[:, :-n], tail], dim=1)
+
+        def _reference_lora_weights(self, device, dtype):
+            key = (device, dtype)
+            if self._reference_lora_cache[0] != key:
+                down, up, scale = self._reference_lora
+                self._reference_lora_cache = (key, (down.to(device, dtype), (up * scale).to(device, dtype)))
+            return self._reference_lora_cache[1]
+
+        cls = type(f"ReferenceLoRA{base.__name__}", (base,), {
+            "forward": forward, "_reference_lora_weights": _reference_lora_weights,
+        })
+        _SUBCLASSES[base] = cls
+    return _SUBCLASSES[base]
+
+
+def with_reference_lora(linear: torch.nn.Module, down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.nn.Module:
+    """A copy of `linear` (sharing its parameters) that adds scale * up @ down on the reference rows."""
+    if up.shape[0] > linear.weight.shape[0] or down.shape[1] != linear.weight.shape[1]:
+        raise ValueError(
+            f"AlignGen LoRA of shape up {list(up.shape)} x down {list(down.shape)} does not fit a Linear of weight "
+            f"{list(linear.weight.shape)}: this AlignGen file was trained on a different FLUX."
+        )
+    cls = _reference_lora_class(type(linear))
+    patched = cls.__new__(cls)
+    patched.__dict__ = dict(linear.__dict__)  # shares _parameters/_buffers/_modules with the original
+    patched._reference_lora = (down, up, scale)
+    patched._reference_lora_cache = (None, None)
+    return patched
+
+
+class SelectiveAttentionOverride:
+    """Attention override for one pass: text rows outside [concept_start, concept_end) do not see the
+    reference keys. Everything else is the original attention (chained to a previous override)."""
+
+    def __init__(self, text_tokens: int, concept: tuple[int, int], reference_span: tuple[int, int], previous=None):
+        self.text_tokens = text_tokens
+        self.concept = concept
+        self.reference_span = reference_span
+        self.previous = previous
+
+    def _original(self, func, *args, **kwargs):
+        return self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
+
+    def __call__(self, func, q, k, v, heads, *args, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
+        out = self._original(func, q, k, v, heads, *args, mask=mask, skip_reshape=skip_reshape,
+                             skip_output_reshape=skip_output_reshape, **kwargs)
+        start, end = self.reference_span
+        if not skip_reshape or skip_output_reshape or q.shape[2] != end:
+            return out  # not a FLUX joint attention of this pass's sequence
+        if mask is not None:
+            raise ValueError("AlignGen's selective attention cannot combine with an attention mask on the same model "
+                             "(e.g. Redux with strength_type 'attn_bias'); use strength_type 'multiply'.")
+        text = self.text_tokens
+        keep = torch.cat([torch.arange(0, start), torch.arange(end, k.shape[2])]).to(k.device)
+        text_out = self._original(func, q[:, :, :text], k[:, :, keep], v[:, :, keep], heads, *args, mask=None,
+                                  skip_reshape=True, skip_output_reshape=False, **kwargs)
+        blocked = torch.ones(text, dtype=torch.bool, device=out.device)
+        blocked[self.concept[0]:self.concept[1]] = False
+        text_rows = torch.where(blocked[None, :, None], text_out.to(out.dtype), out[:, :text])
+        return torch.cat([text_rows, out[:, text:]], dim=1)
+
+
+class AlignGenWrapper:
+    """DIFFUSION_MODEL wrapper: per pass with an AlignGen payload, the reference-token count and the mask."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
+                 transformer_options={}, **kwargs):
+        payload: AlignGenConditioning | None = kwargs.get(ALIGNGEN_COND_KEY)
+        if payload is None:
+            return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
+        ref_latents = ref_latents or []
+        if payload.reference_slot != len(ref_latents) - 1:
+            raise ValueError(
+                f"AlignGen's reference must be the last reference latent (its LoRA acts on the trailing tokens), but it "
+                f"is slot {payload.reference_slot} of {len(ref_latents)}. Apply AlignGen after any other reference node."
+            )
+        method = kwargs.get("ref_latents_method")
+        if method != DIAGONAL_REFERENCE_METHOD:
+            raise ValueError(f"AlignGen's reference needs the diagonal layout ('{DIAGONAL_REFERENCE_METHOD}'), this "
+                             f"conditioning uses '{method}'. Remove the reference-method node after AlignGen.")
+        patch = executor.class_obj.patch_size
+        reference = tokens_for_latent(ref_latents[-1].shape[-2], ref_latents[-1].shape[-1], patch)
+        total = context.shape[1] + tokens_for_latent(x.shape[-2], x.shape[-1], patch) + sum(
+            tokens_for_latent(r.shape[-2], r.shape[-1], patch) for r in ref_latents)
+        override = SelectiveAttentionOverride(context.shape[1], (payload.concept_start, payload.concept_end),
+                                              (total - reference, total),
+                                              previous=transformer_options.get("optimized_attention_override"))
+        options = {**transformer_options, "optimized_attention_override": override}
+        token = REFERENCE_TOKENS.set(reference)
+        try:
+            return executor(x, timestep, context, y, guidance, ref_latents, control, options, **kwargs)
+        finally:
+            REFERENCE_TOKENS.reset(token)
