@@ -254,3 +254,24 @@ def load_reference_lora_state_dict(modules: dict[str, ReferenceOnlyLoRA], state_
     with torch.no_grad():
         for key, parameter in targets.items():
             parameter.copy_(state_dict[key])
+
+
+def insert_learned_token(prompt: str, concept: str, token: str = "S*") -> tuple[str, str]:
+    """Split `prompt` around the first occurrence of `concept` (any case), for writing `token` before it.
+
+    Returns (text before the concept, text from the concept on). If the prompt already has `token`
+    right before the concept, it is not written twice. A prompt without the concept is an error: AlignGen
+    needs to know which T5 rows are the concept's.
+    """
+    import re
+
+    if not concept.strip():
+        raise ValueError("AlignGen needs the concept name (e.g. 'acoustic guitar'): the words S* is placed before")
+    match = re.search(re.escape(concept.strip()), prompt, flags=re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"the prompt {prompt!r} does not contain the concept name {concept.strip()!r}; write the "
+                         "concept name in the prompt (AlignGen places its learned token right before it)")
+    before = prompt[:match.start()].rstrip()
+    if before.endswith(token):
+        before = before[: -len(token)].rstrip()
+    return before, prompt[match.start():]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def node_list() -> list:
+    from .aligngen_conditioning import AlignGenConditioningNode
+    from .aligngen_loader import AlignGenLoader, register_aligngen_folder
     from .dreamo_loader import DreamOLoader, register_model_folders
     from .dreamo_reference import DreamOReferenceNode
     from .dreamo_text import DreamOTextEncode
@@ -12,6 +14,7 @@ def node_list() -> list:
     from .true_cfg_guider import TrueCFGGuiderNode
 
     register_model_folders()
+    register_aligngen_folder()
     return [DreamOLoader, DreamOReferenceNode, DreamOTextEncode, TrueCFGGuiderNode,
             NormalizedGuidanceGuiderNode, GuidanceBranchesNode, MaskedSharedAttentionNode,
-            SharedAttentionReferenceNode]
+            SharedAttentionReferenceNode, AlignGenLoader, AlignGenConditioningNode]

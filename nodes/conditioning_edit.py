@@ -2,26 +2,31 @@
 
 A CONDITIONING is a list of [text tokens [B, L, D], dict]. References live in the dict: core's
 `reference_latents` / `reference_latents_method` (ReferenceLatent, Kontext, DreamO) and DreamO's
-`refcustom_dreamo` model cond. Redux (StyleModelApply) appends its image tokens after the text tokens.
+`refcustom_dreamo` / AlignGen's `refcustom_aligngen` model conds. Redux (StyleModelApply) appends its
+image tokens after the text tokens.
 Inputs are never mutated.
 """
 
 from __future__ import annotations
 
+import comfy.conds
 import torch
 
+from .aligngen_patch import ALIGNGEN_COND_KEY
 from .dreamo_patch import DREAMO_COND_KEY
+
+REFERENCE_MODEL_CONDS = (DREAMO_COND_KEY, ALIGNGEN_COND_KEY)
 
 REFERENCE_KEYS = ("reference_latents", "reference_latents_method")
 
 
 def without_references(conditioning: list) -> list:
-    """A copy of `conditioning` with every reference latent and the DreamO model cond removed."""
+    """A copy of `conditioning` with every reference latent and the DreamO/AlignGen model conds removed."""
     out = []
     for embedding, cond in conditioning:
         cond = {k: v for k, v in cond.items() if k not in REFERENCE_KEYS}
-        if DREAMO_COND_KEY in cond.get("model_conds", {}):
-            cond["model_conds"] = {k: v for k, v in cond["model_conds"].items() if k != DREAMO_COND_KEY}
+        if any(key in cond.get("model_conds", {}) for key in REFERENCE_MODEL_CONDS):
+            cond["model_conds"] = {k: v for k, v in cond["model_conds"].items() if k not in REFERENCE_MODEL_CONDS}
         out.append([embedding, cond])
     return out
 
@@ -56,6 +61,11 @@ def with_prompt_replaced(conditioning: list, neutral: list, prompt: list | None 
                 "Redux strength_type 'multiply'."
             )
         new = dict(cond)
+        aligngen = cond.get("model_conds", {}).get(ALIGNGEN_COND_KEY)
+        if aligngen is not None:
+            # The concept's T5 rows belong to the replaced prompt: the neutral text has no concept tokens.
+            new["model_conds"] = {**cond["model_conds"],
+                                  ALIGNGEN_COND_KEY: comfy.conds.CONDConstant(aligngen.cond.without_concept())}
         if "pooled_output" in neutral_extra:
             new["pooled_output"] = neutral_extra["pooled_output"]
         out.append([torch.cat([text, appended], dim=1), new])

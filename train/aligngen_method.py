@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from ..model.aligngen import replace_learned_token
+from ..model.aligngen import insert_learned_token, replace_learned_token
 from . import losses
 from .aligngen_model import AlignGenFlux
 from .components import ReduxEncoder, encode_latents, pack
@@ -70,11 +70,11 @@ class AlignGenMethod:
     # -- prompts ---------------------------------------------------------------------------------------
 
     def prompt_with_token(self, prompt: str, concept: str, line: int) -> str:
-        match = re.search(re.escape(concept), prompt, flags=re.IGNORECASE)
-        if match is None:
-            raise ValueError(f"metadata.jsonl line {line}: the prompt {prompt!r} does not contain its concept name "
-                             f"{concept!r}; AlignGen writes {self.token} before it, so the name must be in the prompt")
-        return f"{prompt[:match.start()]}{self.token} {prompt[match.start():]}"
+        try:
+            before, rest = insert_learned_token(prompt, concept, self.token)
+        except ValueError as error:
+            raise ValueError(f"metadata.jsonl line {line}: {error}") from error
+        return f"{before} {self.token} {rest}".lstrip()
 
     def text(self, prompts: list[str], concepts: list[str], redux: torch.Tensor, device):
         """(context with S* replaced by S*', pooled, concept mask [B, T])."""

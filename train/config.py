@@ -185,6 +185,9 @@ class TrainConfig:
             problems.append(f"optim.timestep_sampling must be logit_normal or uniform, got {self.optim.timestep_sampling!r}")
         if self.model.weight_dtype not in ("float32", "bfloat16", "float16"):
             problems.append(f"model.weight_dtype must be float32, bfloat16 or float16, got {self.model.weight_dtype!r}")
+        if self.model.weight_dtype != "float32" and self.optim.mixed_precision == "no":
+            problems.append(f"model.weight_dtype {self.model.weight_dtype} needs optim.mixed_precision bf16 or fp16 "
+                            "(the trained parts stay float32 and autocast joins them to the low-precision base)")
         if self.mode == "aligngen" and not self.model.redux:
             problems.append("aligngen mode needs model.redux (a FLUX.1-Redux folder, or 'tiny')")
         if problems:

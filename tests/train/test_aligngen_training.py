@@ -399,7 +399,7 @@ def record(i: int, prompt: str, concepts=None, references=1) -> dict:
     ("second", "message"),
     [
         (record(1, "a blue square on a plain background", ["red circle", "circle"]),
-         r"line 3: the prompt .* does not contain its concept name 'red circle'"),
+         r"line 3: the prompt .* does not contain the concept name 'red circle'"),
         (record(1, "a red circle on a plain background"), r"line 3: AlignGen needs a 'concepts' list"),
     ],
     ids=["concept-not-in-prompt", "no-concepts"],

@@ -242,3 +242,9 @@ def test_default_lists_are_not_shared_between_configs():
     finally:
         # undo the leak for every later test if the lists are shared
         del first.dreamo.routing_layers[len(original):]
+
+
+def test_low_precision_base_needs_mixed_precision():
+    with pytest.raises(ValueError, match="optim.mixed_precision"):
+        config_from_dict({"model": {"weight_dtype": "bfloat16"}})
+    assert config_from_dict({"model": {"weight_dtype": "bfloat16"}, "optim": {"mixed_precision": "bf16"}})
