@@ -7,10 +7,7 @@ and the payload naming the concept rows. The DEM runs once per prompt (in the no
 """
 
 from pathlib import Path
-from types import SimpleNamespace
 
-import comfy.ldm.flux.redux
-import comfy.sd
 import pytest
 import torch
 
@@ -19,6 +16,7 @@ from refcustom.model.aligngen_weights import AlignGenWeights
 from refcustom.model.reference_preprocess import area_resize_size
 from refcustom.nodes.aligngen_conditioning import AlignGenConditioningNode, tokenize_with_learned_token
 from refcustom.nodes.aligngen_patch import ALIGNGEN_COND_KEY
+from refcustom.tests.nodes.aligngen_inputs import tiny_redux
 
 pytestmark = pytest.mark.tier2
 
@@ -35,13 +33,7 @@ def aligngen():
 
 @pytest.fixture
 def redux():
-    torch.manual_seed(1)
-    encoder = comfy.ldm.flux.redux.ReduxImageEncoder(redux_dim=48, txt_in_features=32)
-    with torch.no_grad():
-        for p in encoder.parameters():
-            p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
-    vision = SimpleNamespace(last_hidden_state=torch.randn(1, 9, 48))
-    return comfy.sd.StyleModel(encoder), vision
+    return tiny_redux()
 
 
 def run(tiny_clip, tiny_vae, aligngen, redux, text, concept="red guitar", ref_res=64):
