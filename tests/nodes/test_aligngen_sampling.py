@@ -99,3 +99,23 @@ def test_batch_of_two_and_isolation(tiny_flux, tiny_clip, tiny_vae, aligngen, re
 
     after = comfy_nodes.common_ksampler(tiny_flux, 7, 3, 1.0, "euler", "simple", plain_positive, negative, latent)[0]
     assert torch.equal(before["samples"], after["samples"])
+
+
+def test_guidance_branches_keep_the_reference_but_not_the_concept_rows(tiny_flux, tiny_clip, tiny_vae, aligngen,
+                                                                      redux):
+    """Normalized guidance: image_only = the reference without any text, so no text row may see it."""
+    from refcustom.nodes.aligngen_patch import ALIGNGEN_COND_KEY
+    from refcustom.nodes.normalized_guidance import GuidanceBranchesNode
+
+    positive = positive_for(tiny_clip, tiny_vae, aligngen, redux)
+    image_only, negative = GuidanceBranchesNode.execute(positive, tiny_clip, "").args
+    payload = positive[0][1]["model_conds"][ALIGNGEN_COND_KEY].cond
+    branch = image_only[0][1]["model_conds"][ALIGNGEN_COND_KEY].cond
+    assert branch.concept_start == branch.concept_end == payload.concept_start
+    assert branch.reference_slot == payload.reference_slot
+    assert len(image_only[0][1]["reference_latents"]) == 1
+    assert ALIGNGEN_COND_KEY not in negative[0][1].get("model_conds", {})
+    assert "reference_latents" not in negative[0][1]
+    # And the image-only branch runs through the AlignGen model.
+    model = apply_aligngen(tiny_flux, aligngen, 1.0)
+    assert torch.isfinite(one_step(model, image_only, negative, 1.0)).all()
