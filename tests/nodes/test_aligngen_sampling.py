@@ -119,3 +119,15 @@ def test_guidance_branches_keep_the_reference_but_not_the_concept_rows(tiny_flux
     # And the image-only branch runs through the AlignGen model.
     model = apply_aligngen(tiny_flux, aligngen, 1.0)
     assert torch.isfinite(one_step(model, image_only, negative, 1.0)).all()
+
+
+def test_weights_for_another_model_size_are_refused(tiny_flux, aligngen):
+    wide = [ReferenceLoRA(lora.target, torch.zeros(4, lora.down.shape[1] * 2), lora.up) for lora in aligngen.loras]
+    other = AlignGenWeights(aligngen.learned_token, aligngen.dem, tuple(wide), 1.0, "S*", Path("wide.safetensors"))
+    with pytest.raises(ValueError, match="different FLUX"):
+        apply_aligngen(tiny_flux, other, 1.0)
+    deeper = aligngen.loras + (ReferenceLoRA("double_blocks.7.img_attn.qkv", aligngen.loras[0].down,
+                                             aligngen.loras[0].up),)
+    other = AlignGenWeights(aligngen.learned_token, aligngen.dem, deeper, 1.0, "S*", Path("deep.safetensors"))
+    with pytest.raises(ValueError, match="deeper model"):
+        apply_aligngen(tiny_flux, other, 1.0)
