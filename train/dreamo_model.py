@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
@@ -56,6 +57,8 @@ class DreamOFlux(nn.Module):
                        init_lora_weights=True),
             adapter_name=ADAPTER,
         )
+        # The adapter is created in the base's dtype; an optimizer needs float32 weights (peft casts inputs).
+        cast_training_params(transformer, dtype=torch.float32)
         self.transformer = transformer
         hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         generator = torch.Generator().manual_seed(init_seed)

@@ -36,11 +36,11 @@ def shapes(tmp_path_factory):
     return write_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", count=12, seed=0)
 
 
-def make_config(out, model_dir, data, **overrides):
+def make_config(out, model_dir, dataset, **overrides):
     values = {
         "mode": "dreamo", "output_dir": str(out), "seed": 3,
         "model": {"pretrained": "tiny", "tiny_dir": str(model_dir), "max_text_tokens": 32},
-        "data": {"folder": str(data), "resolution": 64, "reference_resolution": 32, "batch_size": 2},
+        "data": {"folder": str(dataset), "resolution": 64, "reference_resolution": 32, "batch_size": 2},
         "lora": {"rank": RANK},
         "dreamo": {"routing_layers": [0, 1], "lambda_route": 1.0, "lambda_holder": 0.1},
         "optim": {"learning_rate": 2e-3},
