@@ -1,0 +1,294 @@
+"""Per-step cost of AlignGen on ComfyUI's FLUX, and proof that its DEM runs once per prompt, not per step.
+
+Runs, side by side in one process and interleaved, the FLUX forward of a random-weight model
+(ComfyUI's own classes, bench/random_flux.py) with random in-memory AlignGen weights (S*, a
+DEM at T5 width 4096, a rank-16 reference-only LoRA on every block's img_attn.qkv/img_attn.proj or
+linear1/linear2), each variant after comfy.model_management.load_models_gpu(force_full_load=True):
+
+  (a) plain FLUX, no reference (the baseline);
+  (b) FLUX + the same reference latent through core ComfyUI ("uxo"), no AlignGen: the reference
+      tokens' own cost;
+  (c) AlignGen: apply_aligngen's patcher (object-patched Linears + wrapper) and the
+      `refcustom_aligngen` payload: LoRA on the reference rows + the selective text mask;
+  (d) AlignGen's patcher on a pass without payload or reference (the plain negative prompt);
+  diagnostics: (b) + the reference LoRA only (REFERENCE_TOKENS set by hand, no mask), and (b) + the
+  selective attention override only (on plain FLUX).
+
+Rounds are interleaved (their order reversed every other round); medians and minima are printed.
+
+Target: (c)/(b) <= 1.05, i.e. AlignGen costs at most 5% over the reference tokens' own cost.
+Then the DEM: a forward hook on it (and on all its submodules) counts calls while N sampling steps
+run with the AlignGen patcher and payload, once as a bare Euler loop on the diffusion model and once
+through ComfyUI's CFGGuider + euler sampler with the conditioning the node's functions build; then
+the node's DEM path (nodes/aligngen_conditioning.apply_dem) runs once, counted and timed. The DEM
+runs where the node runs it: on the CPU in float32, as read_aligngen_file leaves it (on a GPU run
+its time on the GPU is printed too). No assertions: figures only. Run with ComfyUI's python:
+
+    ~/ComfyUI/.venv/bin/python bench/aligngen_cost.py                      # CPU-sized default
+    ~/ComfyUI/.venv/bin/python bench/aligngen_cost.py --preset flux-1024   # GPU: FLUX.1 size, 1024^2, 512^2 ref
+
+Measured on this 2-core CPU (cpu-small: hidden 512, 2+4 blocks, 1024 noise + 256 reference + 128 text
+tokens; DEM 269M parameters, 8 heads; other jobs ran on the machine throughout, load average 3.5-4.7
+with this run, so these are noisy), `--threads 1 --repeats 10`, two runs (118 s and 143 s wall):
+
+    median s/step   (a) plain 1.143 / 1.349   (b) + core reference 1.527 / 1.810   (c) AlignGen 1.598 / 1.868
+    (c)/(b) = 1.046 / 1.032 (target <= 1.05: met in both; of the minima 1.100 / 1.029)
+    (b)/(a) = 1.336 / 1.342 (the reference tokens' own cost: +22% tokens, attention quadratic)
+    (c)/(a) = 1.398 / 1.385;  (d)/(a) = 1.013 / 0.943 (the idle patched Linears: no cost within the noise)
+    diagnostics over (b): LoRA only 1.003 / 0.957, selective mask only 0.977 / 1.002 -- the noise floor is about
+    +-5%, so 1.03-1.05 says "at most a few %", not a precise figure
+    DEM calls: node 1, sampling 4 steps 0 (bare Euler loop and ComfyUI's euler sampler: 0 DEM and 0 DEM-submodule
+    calls in 4 steps each, while double_blocks.0.img_attn.qkv saw 256 reference rows in every step's pass)
+    DEM one-off (node, cpu fp32, 1 thread): 0.83 / 1.04 s warm = 0.52 / 0.56 of one AlignGen step, once per prompt
+
+With the default 2 threads (the plain command, 5 repeats, 184-198 s wall) the same contention made
+steps 2-5 s and swung single passes by +-40%: three runs gave (c)/(b) = 1.59 (an earlier revision
+without the diagnostics or order reversal), 1.24 and 0.90 of medians, and (d)/(a) down to 0.81, i.e.
+nothing either way; the DEM counts were the same (node 1, sampling 0).
+Use --threads 1 on a shared CPU, or the flux-1024 preset on a GPU (not run here: no GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import time
+from pathlib import Path
+
+from random_flux import PRESETS, build_random_flux, import_host
+
+T5_WIDTH = REDUX_WIDTH = 4096
+REDUX_TOKENS = 729
+RANK = 16
+CONCEPT_START, CONCEPT_END = 3, 6
+
+
+def random_aligngen(cfg: dict, heads: int, aligngen, aligngen_weights):
+    """AlignGenWeights for this FLUX: random S*, a DEM that is not the identity, rank-16 LoRAs on every block."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    dem = aligngen.DeviationExtractionModule(T5_WIDTH, REDUX_WIDTH, heads=heads)  # ~270M parameters, allocated once
+    with torch.no_grad():  # a fresh DEM's output projections are zero (identity); a trained one's are not
+        for layer in (dem.self_attn.out_proj, dem.cross_attn.out_proj, dem.mlp[2]):
+            layer.weight.normal_(0, 0.02, generator=g)
+            layer.bias.normal_(0, 0.02, generator=g)
+    hidden = cfg["hidden"]
+
+    def lora(target: str, rows: int, inputs: int):
+        return aligngen_weights.ReferenceLoRA(target, torch.randn(RANK, inputs, generator=g) / inputs ** 0.5,
+                                              torch.randn(rows, RANK, generator=g) * 0.02)
+
+    loras = []
+    for i in range(cfg["depth"]):
+        loras += [lora(f"double_blocks.{i}.img_attn.qkv", 3 * hidden, hidden),
+                  lora(f"double_blocks.{i}.img_attn.proj", hidden, hidden)]
+    for i in range(cfg["single"]):
+        loras += [lora(f"single_blocks.{i}.linear1", 3 * hidden, hidden),
+                  lora(f"single_blocks.{i}.linear2", hidden, hidden + 4 * hidden)]
+    return aligngen_weights.AlignGenWeights(torch.randn(T5_WIDTH, generator=g), dem.eval(), tuple(loras), 1.0, "S*",
+                                            Path("bench"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=4, help="sampling steps while DEM calls are counted")
+    parser.add_argument("--dem-heads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); 1 is steadier on a CPU that other jobs share")
+    args = parser.parse_args()
+    cfg = dict(PRESETS[args.preset])
+    repeats = args.repeats or cfg["repeats"]
+
+    package = import_host()
+    import comfy.model_management
+    import comfy.samplers
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    aligngen = importlib.import_module(f"{package.__name__}.model.aligngen")
+    aligngen_weights = importlib.import_module(f"{package.__name__}.model.aligngen_weights")
+    aligngen_patch = importlib.import_module(f"{package.__name__}.nodes.aligngen_patch")
+    aligngen_loader = importlib.import_module(f"{package.__name__}.nodes.aligngen_loader")
+    aligngen_conditioning = importlib.import_module(f"{package.__name__}.nodes.aligngen_conditioning")
+
+    patcher, device, dtype = build_random_flux(cfg)
+    flux = patcher.model.diffusion_model
+    weights = random_aligngen(cfg, args.dem_heads, aligngen, aligngen_weights)
+    aligngen_patcher = aligngen_loader.apply_aligngen(patcher, weights, 1.0)
+    payload = aligngen_patch.AlignGenConditioning(concept_start=CONCEPT_START, concept_end=CONCEPT_END, reference_slot=0)
+
+    latent = cfg["image"] // 8
+    ref_latent = cfg["ref"] // 8
+    x = torch.randn(1, 16, latent, latent, device=device, dtype=dtype)
+    ref = torch.randn(1, 16, ref_latent, ref_latent, device=device, dtype=dtype)
+    context = torch.randn(1, cfg["text"], T5_WIDTH, device=device, dtype=dtype)
+    y = torch.randn(1, 768, device=device, dtype=dtype)
+    t = torch.tensor([0.5], device=device)
+    g = torch.tensor([3.5], device=device)
+    redux = torch.randn(1, REDUX_TOKENS, REDUX_WIDTH)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def load(model_patcher):
+        """Load a patcher (ComfyUI swaps the object patches between clones) and check which one is on the model."""
+        comfy.model_management.load_models_gpu([model_patcher], force_full_load=True)
+        patched = type(flux.double_blocks[0].img_attn.qkv).__name__.startswith("ReferenceLoRA")
+        if patched != (model_patcher is aligngen_patcher):
+            raise RuntimeError(f"load_models_gpu left the wrong Linears on the model (patched={patched})")
+
+    def forward(model_patcher, latent_in, timestep, with_ref: bool, with_payload: bool, options=None):
+        kwargs = {aligngen_patch.ALIGNGEN_COND_KEY: payload} if with_payload else {}
+        options = {"wrappers": model_patcher.wrappers, **(options or {})}
+        with torch.no_grad():
+            out = flux(latent_in, timestep, context, y=y, guidance=g, ref_latents=[ref] if with_ref else None,
+                       ref_latents_method="uxo", transformer_options=options, **kwargs)
+        sync()
+        return out
+
+    noise_tokens = (latent // 2) ** 2
+    ref_tokens = (ref_latent // 2) ** 2
+    total = cfg["text"] + noise_tokens + ref_tokens
+
+    def lora_only():  # diagnostic: the patched Linears told the trailing rows are reference rows, no mask
+        token = aligngen_patch.REFERENCE_TOKENS.set(ref_tokens)
+        try:
+            forward(aligngen_patcher, x, t, True, False)
+        finally:
+            aligngen_patch.REFERENCE_TOKENS.reset(token)
+
+    def mask_only():  # diagnostic: the selective attention override alone, on plain FLUX + reference
+        override = aligngen_patch.SelectiveAttentionOverride(cfg["text"], (CONCEPT_START, CONCEPT_END),
+                                                             (total - ref_tokens, total))
+        forward(patcher, x, t, True, False, {"optimized_attention_override": override})
+
+    variants = {  # name: (patcher to load, pass)
+        "a": (patcher, lambda: forward(patcher, x, t, False, False)),
+        "b": (patcher, lambda: forward(patcher, x, t, True, False)),
+        "c": (aligngen_patcher, lambda: forward(aligngen_patcher, x, t, True, True)),
+        "d": (aligngen_patcher, lambda: forward(aligngen_patcher, x, t, False, False)),
+        "lora": (aligngen_patcher, lora_only),
+        "mask": (patcher, mask_only),
+    }
+    times = {name: [] for name in variants}
+    for round_ in range(repeats + 1):  # one warm-up round, then interleaved rounds, the order reversed every other one
+        timed = round_ > 0
+        for name, (model_patcher, run) in (list(variants.items())[::-1] if round_ % 2 else variants.items()):
+            load(model_patcher)  # not timed; a no-op swap when the same patcher stays loaded
+            start = time.perf_counter()
+            run()
+            if timed:
+                times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(v) for name, v in times.items()}
+
+    # --- The DEM: counted during sampling (must be 0) and in the node's path (1). ---
+    calls = {"dem": 0, "submodules": 0}
+    hooks = [weights.dem.register_forward_hook(lambda *_: calls.__setitem__("dem", calls["dem"] + 1))]
+    hooks += [m.register_forward_hook(lambda *_: calls.__setitem__("submodules", calls["submodules"] + 1))
+              for m in weights.dem.modules() if m is not weights.dem]
+
+    load(aligngen_patcher)
+    reference_rows = []  # trailing reference tokens the first patched Linear sees, per pass: AlignGen is active
+    probe = flux.double_blocks[0].img_attn.qkv.register_forward_pre_hook(
+        lambda *_: reference_rows.append(aligngen_patch.REFERENCE_TOKENS.get()))
+    steps = args.steps
+    sample = torch.randn_like(x)
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    start = time.perf_counter()
+    for i in range(steps):  # bare Euler loop on the flow: x <- x - dt * v
+        v = forward(aligngen_patcher, sample, sigmas[i:i + 1].to(device), True, True)
+        sample = sample - (sigmas[i] - sigmas[i + 1]).item() * v
+    loop_time = time.perf_counter() - start
+    loop_calls, loop_sub, loop_passes = calls["dem"], calls["submodules"], list(reference_rows)
+
+    # The node's DEM path, once, on a fake prompt conditioning.
+    conditioning = [[context, {"pooled_output": y, "guidance": 3.5}]]
+    calls.update(dem=0, submodules=0)
+    start = time.perf_counter()
+    conditioning = aligngen_conditioning.apply_dem(conditioning, weights.dem, CONCEPT_START, CONCEPT_END, redux)
+    dem_time = time.perf_counter() - start
+    node_calls, node_sub = calls["dem"], calls["submodules"]
+    positive = aligngen_conditioning.with_aligngen_reference(conditioning, ref, CONCEPT_START, CONCEPT_END)
+
+    # ComfyUI's own sampler on that conditioning (cfg 1: the positive branch only).
+    calls.update(dem=0, submodules=0)
+    reference_rows.clear()
+    guider = comfy.samplers.CFGGuider(aligngen_patcher)
+    guider.set_conds(positive, positive)
+    guider.set_cfg(1.0)
+    start = time.perf_counter()
+    with torch.no_grad():
+        guider.sample(torch.randn(x.shape, generator=torch.Generator().manual_seed(0)), torch.zeros(x.shape),
+                      comfy.samplers.sampler_object("euler"), sigmas, seed=0, disable_pbar=True)
+    sync()
+    sampler_time = time.perf_counter() - start
+    sampler_calls, sampler_sub, sampler_passes = calls["dem"], calls["submodules"], list(reference_rows)
+    probe.remove()
+    for hook in hooks:
+        hook.remove()
+
+    # Warm DEM time (the counted call above includes first-call overhead), on the CPU as the node runs it.
+    warm = []
+    for _ in range(3):
+        start = time.perf_counter()
+        aligngen_conditioning.apply_dem([[context, {}]], weights.dem, CONCEPT_START, CONCEPT_END, redux)
+        warm.append(time.perf_counter() - start)
+    dem_warm = statistics.median(warm)
+    dem_gpu = None
+    if device.type == "cuda":
+        dem_device = weights.dem.to(device)
+        aligngen_conditioning.apply_dem([[context, {}]], dem_device, CONCEPT_START, CONCEPT_END, redux)
+        sync()
+        start = time.perf_counter()
+        aligngen_conditioning.apply_dem([[context, {}]], dem_device, CONCEPT_START, CONCEPT_END, redux)
+        sync()
+        dem_gpu = time.perf_counter() - start
+
+    dem_params = sum(p.numel() for p in weights.dem.parameters())
+    print(f"device={device} dtype={dtype} preset={args.preset} hidden={cfg['hidden']} blocks={cfg['depth']}+{cfg['single']} "
+          f"image={cfg['image']}px ({noise_tokens} tokens) ref={cfg['ref']}px ({ref_tokens} tokens) text={cfg['text']} "
+          f"repeats={repeats} threads={torch.get_num_threads()}")
+    print(f"AlignGen: {len(weights.loras)} rank-{RANK} reference LoRAs, DEM {dem_params / 1e6:.0f}M parameters "
+          f"(width {T5_WIDTH}, {args.dem_heads} heads, fp32 on cpu), Redux {REDUX_TOKENS} tokens, "
+          f"concept rows [{CONCEPT_START}, {CONCEPT_END})")
+    labels = {"a": "(a) plain FLUX", "b": "(b) + core reference (uxo)", "c": "(c) + AlignGen (LoRA + mask)",
+              "d": "(d) AlignGen model, no payload", "lora": "    (b) + reference LoRA only", "mask": "    (b) + selective mask only"}
+    fastest = {name: min(v) for name, v in times.items()}
+    print(f"{'variant':<34}{'median s/step':>14}{'min':>10}{'max':>10}")
+    for name, label in labels.items():
+        print(f"{label:<34}{median[name]:>14.4f}{fastest[name]:>10.4f}{max(times[name]):>10.4f}")
+    print(f"{'ratio':<58}{'of medians':>12}{'of minima':>11}")
+    for label, top, bottom in (("(c)/(b) AlignGen over the reference tokens' own cost", "c", "b"),
+                               ("(b)/(a) the reference tokens' own cost", "b", "a"),
+                               ("(c)/(a) AlignGen step vs plain FLUX", "c", "a"),
+                               ("(d)/(a) AlignGen model on a pass without payload", "d", "a"),
+                               ("LoRA only / (b)", "lora", "b"),
+                               ("selective mask only / (b)", "mask", "b")):
+        print(f"{label:<58}{median[top] / median[bottom]:>12.3f}{fastest[top] / fastest[bottom]:>11.3f}")
+    ratio = median["c"] / median["b"]
+    print(f"target (c)/(b) <= 1.05 on medians: {'met' if ratio <= 1.05 else 'NOT met'} ({ratio:.3f})")
+    print(f"DEM calls: node {node_calls}, sampling {steps} steps {loop_calls + sampler_calls}  (node: {node_sub} "
+          f"submodule calls; bare Euler loop: {loop_calls} DEM / {loop_sub} submodule calls; ComfyUI euler sampler: "
+          f"{sampler_calls} DEM / {sampler_sub} submodule calls)")
+    print(f"AlignGen active during sampling (reference rows seen by double_blocks.0.img_attn.qkv per pass): "
+          f"bare loop {loop_passes}, ComfyUI sampler {sampler_passes}")
+    print(f"sampling wall time: bare loop {loop_time:.3f} s ({loop_time / steps:.4f} s/step), "
+          f"ComfyUI sampler {sampler_time:.3f} s ({sampler_time / steps:.4f} s/step)")
+    one_off = f"DEM one-off (node, cpu fp32): counted call {dem_time:.3f} s, warm median {dem_warm:.3f} s"
+    if dem_gpu is not None:
+        one_off += f", on {device} fp32 {dem_gpu:.4f} s"
+    print(one_off)
+    print(f"DEM warm one-off vs one AlignGen step ({median['c']:.4f} s): {dem_warm / median['c']:.2f} steps' worth, "
+          f"paid once per prompt; per step it would be +{dem_warm / median['c']:.0%}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
