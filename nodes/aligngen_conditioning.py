@@ -15,6 +15,7 @@ One node does what AlignGen's pipeline does to a prompt and a reference:
 from __future__ import annotations
 
 import comfy.conds
+import comfy.model_management
 import torch
 from comfy_api.latest import io
 
@@ -59,14 +60,21 @@ def tokenize_with_learned_token(clip, before: str, rest: str, token_text: str, v
 
 def apply_dem(conditioning: list, dem, start: int, end: int, redux: torch.Tensor) -> list:
     """Replace row `start` of every cond by the DEM's first output row over rows [start, end)."""
+    # The DEM (~270M parameters at FLUX width) runs on ComfyUI's compute device for this one call and goes
+    # back to the CPU after: once per prompt, never per step.
+    device = comfy.model_management.get_torch_device()
+    home = next(dem.parameters()).device
     out = []
-    for embedding, cond in conditioning:
-        dem_device = next(dem.parameters()).device
-        concept_rows = embedding[:, start:end].to(dem_device, torch.float32)
-        with torch.no_grad():
-            updated = dem(concept_rows, redux.to(dem_device, torch.float32))[:, 0]
-        positions = torch.full((embedding.shape[0],), start, dtype=torch.long, device=embedding.device)
-        out.append([replace_learned_token(embedding, positions, updated.to(embedding)), cond])
+    try:
+        dem.to(device)
+        for embedding, cond in conditioning:
+            concept_rows = embedding[:, start:end].to(device, torch.float32)
+            with torch.no_grad():
+                updated = dem(concept_rows, redux.to(device, torch.float32))[:, 0]
+            positions = torch.full((embedding.shape[0],), start, dtype=torch.long, device=embedding.device)
+            out.append([replace_learned_token(embedding, positions, updated.to(embedding)), cond])
+    finally:
+        dem.to(home)
     return out
 
 
