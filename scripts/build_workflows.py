@@ -87,6 +87,9 @@ CFG_DISTILL = "dreamo_cfg_distill.safetensors"
 SFT = "v1.1/dreamo_sft_lora.safetensors"
 DPO = "v1.1/dreamo_dpo_lora.safetensors"
 TURBO = "flux-turbo.safetensors"
+ALIGNGEN = "aligngen_lora.safetensors"  # our trainer's export (no public AlignGen weights)
+REDUX = "flux1-redux-dev.safetensors"
+SIGCLIP = "sigclip_vision_patch14_384.safetensors"
 SEED = 42
 GUIDANCE = 4.5  # v1.1 distilled guidance
 
@@ -101,6 +104,10 @@ MODEL_LINKS = {
     CLIP_L: ("https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors", "text_encoders"),
     FLUX_VAE: ("https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors",
                "vae"),
+    REDUX: ("https://huggingface.co/black-forest-labs/FLUX.1-Redux-dev/resolve/main/flux1-redux-dev.safetensors",
+            "style_models"),
+    SIGCLIP: ("https://huggingface.co/Comfy-Org/sigclip_vision_384/resolve/main/sigclip_vision_patch14_384.safetensors",
+              "clip_vision"),
 }
 
 NOTE_FILES = f"""Files (download into ComfyUI/models/):
@@ -158,13 +165,14 @@ def add_references(g: Graph, base: dict[str, Node], cond: Out, refs: list[tuple[
     return cond
 
 
-def ksampler_tail(g: Graph, base: dict[str, Node], positive: Out, steps: int) -> None:
-    """FluxGuidance 4.5 -> KSampler (cfg 1, empty negative) -> VAEDecode -> SaveImage."""
-    guided = g.add("FluxGuidance", None, None, conditioning=positive, guidance=GUIDANCE)
+def ksampler_tail(g: Graph, base: dict[str, Node], positive: Out, steps: int, model: Out | None = None,
+                  guidance: float = GUIDANCE) -> None:
+    """FluxGuidance (4.5) -> KSampler (cfg 1, empty negative) -> VAEDecode -> SaveImage. model: DreamO's by default."""
+    guided = g.add("FluxGuidance", None, None, conditioning=positive, guidance=guidance)
     negative = g.add("CLIPTextEncode", "Negative (empty; unused at cfg 1)", NEGATIVE_COLOR,
                      text="", clip=base["clip"][0])
     latent = g.add("EmptySD3LatentImage", None, None, width=1024, height=1024, batch_size=1)
-    sampler = g.add("KSampler", None, None, model=base["dreamo"][0], seed=SEED, steps=steps, cfg=1.0,
+    sampler = g.add("KSampler", None, None, model=model or base["dreamo"][0], seed=SEED, steps=steps, cfg=1.0,
                     sampler_name="euler", scheduler="simple", positive=guided[0], negative=negative[0],
                     latent_image=latent[0], denoise=1.0)
     decode = g.add("VAEDecode", None, None, samples=sampler[0], vae=base["vae"][0])
@@ -299,15 +307,16 @@ def custom_sampler_tail(g: Graph, model: Out, vae: Out, guider: Out, steps: int)
     g.add("SaveImage", None, None, images=decode[0], filename_prefix=f"refcustom/{g.name}")
 
 
-NORMALIZED_NOTE = (
+NORMALIZED_SCALES_NOTE = (
     "Normalized guidance (SynCD): Guidance Branches turns the one positive (prompt + references) into image_only "
     "(same references, empty prompt) and negative (empty prompt, no references). The guider combines the three "
     "predictions per step as image_only + s_I (image_only - negative) + s_T (positive - image_only), after scaling "
     "the larger of the two directions down to the smaller one's norm (per image). s_I ramps from image_scale by "
     "image_scale_increase over sampling. Set normalize off to compare with plain dual guidance.\n"
     "The paper's scales (7.5 / 8 / +5) were for SDXL; guidance-distilled FLUX wants small ones: start near "
-    "text 2.0, image 1.5, increase 1.0. Three model passes per step (positive and image_only share one batched call)."
+    "text 2.0, image 1.5, increase 1.0."
 )
+NORMALIZED_NOTE = NORMALIZED_SCALES_NOTE + " Three model passes per step (positive and image_only share one batched call)."
 
 
 def wf_dreamo_normalized() -> Graph:
@@ -425,8 +434,83 @@ def wf_shared_reference() -> Graph:
     return g
 
 
+ALIGNGEN_STEPS = 28  # the paper's sampling steps
+ALIGNGEN_GUIDANCE = 3.5  # FLUX.1-dev's default distilled guidance
+ALIGNGEN_PROMPT = "a photo of an acoustic guitar on a beach at sunset"
+ALIGNGEN_CONCEPT = "acoustic guitar"
+
+ALIGNGEN_NOTE = f"""AlignGen (cross-modality prior alignment) on FLUX.1-dev. Load AlignGen puts the reference-only LoRA on the \
+model and hands S* and the Deviation Extraction Module (DEM) to AlignGen Conditioning, which writes S* before \
+the concept name (the concept field must occur in the prompt: here "{ALIGNGEN_CONCEPT}"), runs the DEM once \
+over the reference's FLUX.1 Redux tokens (StyleModelLoader + CLIPVisionEncode with crop "none", as Redux \
+is used) and appends the reference image's tokens. Only the concept's text tokens may attend to the \
+reference. Use one reference of the concept; a subject MASK (1 = keep) can be connected to whiten the \
+background. The negative prompt is a plain CLIPTextEncode.
+
+Files (ComfyUI/models/):
+diffusion_models/{FLUX_UNET}, text_encoders/{T5}, text_encoders/{CLIP_L}, vae/{FLUX_VAE}
+  FLUX.1-dev (black-forest-labs/FLUX.1-dev, gated) and comfyanonymous/flux_text_encoders.
+aligngen/{ALIGNGEN}
+  There are no public AlignGen weights: train them with this pack's trainer,
+    python -m refcustom.train train --config train/configs/aligngen_flux1_dev.yaml
+  (aligngen mode), and copy the exported aligngen_lora.safetensors here (models/loras/ is searched too).
+style_models/{REDUX}
+  FLUX.1 Redux, black-forest-labs/FLUX.1-Redux-dev (gated: accept the licence first).
+clip_vision/{SIGCLIP}
+  SigLIP so400m patch14 384, Comfy-Org/sigclip_vision_384.
+
+Reference image: copy custom_nodes/refcustom/workflows/inputs/* into ComfyUI/input/, or load your own."""
+
+
+def aligngen_front(g: Graph) -> dict[str, Node]:
+    """FLUX loaders, Load AlignGen, Redux + SigLIP, the reference and AlignGen Conditioning."""
+    unet = g.add("UNETLoader", "Load FLUX.1-dev", LOADER_COLOR, unet_name=FLUX_UNET, weight_dtype="default")
+    clip = g.add("DualCLIPLoader", "Load T5-XXL + CLIP-L", LOADER_COLOR,
+                 clip_name1=T5, clip_name2=CLIP_L, type="flux", device="default")
+    vae = g.add("VAELoader", "Load FLUX VAE", LOADER_COLOR, vae_name=FLUX_VAE)
+    aligngen = g.add("RefCustom_AlignGenLoader", None, None, model=unet[0], aligngen_file=ALIGNGEN, lora_strength=1.0)
+    redux = g.add("StyleModelLoader", "Load FLUX.1 Redux", LOADER_COLOR, style_model_name=REDUX)
+    siglip = g.add("CLIPVisionLoader", "Load SigLIP vision", LOADER_COLOR, clip_name=SIGCLIP)
+    image = g.add("LoadImage", "Reference image (the concept)", None, image="refcustom_guitar.png")
+    vision = g.add("CLIPVisionEncode", None, None, clip_vision=siglip[0], image=image[0], crop="none")
+    cond = g.add("RefCustom_AlignGenConditioning", "AlignGen prompt", POSITIVE_COLOR, clip=clip[0],
+                 aligngen=aligngen[1], text=ALIGNGEN_PROMPT, concept=ALIGNGEN_CONCEPT, style_model=redux[0],
+                 clip_vision_output=vision[0], vae=vae[0], image=image[0], ref_res=512)
+    return {"unet": unet, "clip": clip, "vae": vae, "aligngen": aligngen, "conditioning": cond}
+
+
+def wf_aligngen_single() -> Graph:
+    intro = (f"AlignGen, one concept from one reference. FluxGuidance {ALIGNGEN_GUIDANCE}, KSampler "
+             f"{ALIGNGEN_STEPS} steps (the paper's), euler / simple, cfg 1.\n\n")
+    g = Graph("aligngen_single_concept", "AlignGen: one concept from a reference (FLUX.1-dev + Redux)",
+              intro + ALIGNGEN_NOTE)
+    front = aligngen_front(g)
+    ksampler_tail(g, front, front["conditioning"][0], ALIGNGEN_STEPS, model=front["aligngen"][0],
+                  guidance=ALIGNGEN_GUIDANCE)
+    return g
+
+
+def wf_aligngen_normalized() -> Graph:
+    intro = (f"AlignGen with SynCD normalized image/text guidance, {ALIGNGEN_STEPS} steps. In the image_only "
+             "branch the prompt is swapped for the neutral one, so no text token is the concept's there (S* and "
+             "the concept name are gone with the prompt); the reference tokens and their LoRA stay.\n"
+             + NORMALIZED_SCALES_NOTE + " Three model calls per step: positive and image_only carry different "
+             "AlignGen payloads (image_only has no concept tokens), so ComfyUI does not batch them; about 3x the "
+             "time of aligngen_single_concept.\n\n")
+    g = Graph("aligngen_normalized_guidance", "AlignGen + SynCD normalized image/text guidance", intro + ALIGNGEN_NOTE)
+    front = aligngen_front(g)
+    guided = g.add("FluxGuidance", None, None, conditioning=front["conditioning"][0], guidance=ALIGNGEN_GUIDANCE)
+    branches = g.add("RefCustom_GuidanceBranches", None, None, positive=guided[0], clip=front["clip"][0],
+                     neutral_prompt="")
+    guider = g.add("RefCustom_NormalizedGuidanceGuider", None, None, model=front["aligngen"][0], positive=guided[0],
+                   image_only=branches[0], negative=branches[1], text_scale=2.0, image_scale=1.5,
+                   image_scale_increase=1.0, normalize=True)
+    custom_sampler_tail(g, front["aligngen"][0], front["vae"][0], guider[0], ALIGNGEN_STEPS)
+    return g
+
+
 ALL = [wf_ip, wf_id, wf_multi, wf_tryon, wf_style, wf_turbo, wf_dreamo_normalized, wf_kontext_normalized,
-       wf_consistent_batch, wf_shared_reference]
+       wf_consistent_batch, wf_shared_reference, wf_aligngen_single, wf_aligngen_normalized]
 
 # ----------------------------------------------------------------------------------------------
 # Node definitions (/object_info) -> widgets
@@ -540,6 +624,9 @@ FILE_WIDGETS = {
     "LoadImage": ("image",),
     "RefCustom_DreamOLoader": ("dreamo_file", "embedding_file", "cfg_distill_lora", "turbo_lora", "sft_lora",
                                "dpo_lora", "quality_pos_lora", "quality_neg_lora"),
+    "RefCustom_AlignGenLoader": ("aligngen_file",),
+    "StyleModelLoader": ("style_model_name",),
+    "CLIPVisionLoader": ("clip_name",),
 }
 
 # ----------------------------------------------------------------------------------------------
@@ -915,6 +1002,26 @@ def make_inputs() -> dict[str, "Image.Image"]:  # noqa: F821
         for y in range(16, 384, 48):
             d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=(255, 255, 255), outline=(20, 20, 20))
     images["refcustom_style.png"] = im
+
+    # AlignGen concept: an acoustic guitar on white (body, sound hole, bridge, neck, head, strings).
+    im = Image.new("RGB", (384, 384), "white")
+    d = ImageDraw.Draw(im)
+    wood, dark = (196, 132, 62), (110, 62, 24)
+    d.ellipse([96, 196, 288, 364], fill=wood, outline=dark, width=4)  # lower bout
+    d.ellipse([120, 120, 264, 250], fill=wood, outline=dark, width=4)  # upper bout
+    d.rectangle([130, 200, 254, 236], fill=wood)  # waist, hiding the inner outlines
+    d.ellipse([164, 196, 220, 252], fill=(40, 25, 15), outline=dark, width=3)  # sound hole
+    d.rectangle([160, 300, 224, 314], fill=(60, 35, 18))  # bridge
+    d.rectangle([180, 26, 204, 200], fill=(95, 55, 25))  # neck
+    for y in range(46, 196, 18):
+        d.line([(180, y), (204, y)], fill=(210, 210, 210), width=2)  # frets
+    d.rounded_rectangle([172, 4, 212, 40], 6, fill=(70, 40, 20))  # head
+    for x in (178, 206):
+        for y in (12, 22, 32):
+            d.ellipse([x - 9 if x < 192 else x + 3, y - 3, x - 3 if x < 192 else x + 9, y + 3], fill=(200, 200, 200))
+    for x in range(184, 202, 3):
+        d.line([(x, 30), (x, 307)], fill=(235, 225, 200), width=1)  # strings
+    images["refcustom_guitar.png"] = im
     return images
 
 
@@ -952,12 +1059,14 @@ def make_thumbnail(g: Graph, inputs: dict) -> "Image.Image":  # noqa: F821
     for ln in wrap(g.description, 40):
         d.text((256, y), ln, fill=(230, 230, 230), anchor="mm", font=ImageFont.load_default(20))
         y += 28
-    prompt = next(n.inputs["text"] for n in g.nodes if n.class_type in ("RefCustom_DreamOTextEncode", "CLIPTextEncode"))
+    prompt = next(n.inputs["text"] for n in g.nodes
+                  if n.class_type in ("RefCustom_DreamOTextEncode", "RefCustom_AlignGenConditioning", "CLIPTextEncode"))
     y += 10
     for ln in wrap(f'"{prompt}"', 48)[:4]:
         d.text((256, y), ln, fill=(150, 200, 150), anchor="mm", font=ImageFont.load_default(16))
         y += 22
-    footer = {"kontext": "FLUX.1 Kontext", "syncd": "SynCD (FLUX.1-dev)"}.get(g.name.split("_")[0], "DreamO (FLUX.1-dev)")
+    footer = {"kontext": "FLUX.1 Kontext", "syncd": "SynCD (FLUX.1-dev)",
+              "aligngen": "AlignGen (FLUX.1-dev)"}.get(g.name.split("_")[0], "DreamO (FLUX.1-dev)")
     d.text((256, 490), "refcustom / " + footer, fill=(140, 150, 170), anchor="mm",
            font=ImageFont.load_default(18))
     return im

@@ -60,6 +60,8 @@ LOOPBACK = "127.0.0.1"
 FIXTURE_FLUX = "RefCustomTest_TinyFluxLoader"
 FIXTURE_CLIP = "RefCustomTest_TinyCLIPLoader"
 FIXTURE_VAE = "RefCustomTest_TinyVAELoader"
+FIXTURE_REDUX = "RefCustomTest_TinyReduxLoader"
+FIXTURE_CLIP_VISION = "RefCustomTest_TinyCLIPVisionLoader"
 # Loader class -> fixture node for each of its outputs, in output order.
 LOADER_SUBSTITUTES = {
     "UNETLoader": (FIXTURE_FLUX,),
@@ -67,8 +69,11 @@ LOADER_SUBSTITUTES = {
     "DualCLIPLoader": (FIXTURE_CLIP,),
     "CLIPLoader": (FIXTURE_CLIP,),
     "VAELoader": (FIXTURE_VAE,),
+    "StyleModelLoader": (FIXTURE_REDUX,),  # FLUX.1 Redux
+    "CLIPVisionLoader": (FIXTURE_CLIP_VISION,),  # SigLIP (sigclip_vision_patch14_384)
 }
-_SHORT_NAMES = {FIXTURE_FLUX: "model", FIXTURE_CLIP: "clip", FIXTURE_VAE: "vae"}
+_SHORT_NAMES = {FIXTURE_FLUX: "model", FIXTURE_CLIP: "clip", FIXTURE_VAE: "vae", FIXTURE_REDUX: "style_model",
+                FIXTURE_CLIP_VISION: "clip_vision"}
 # Other loaders of the models the fixtures stand for: a --tiny run cannot load real weights for them.
 UNSUBSTITUTED_LOADERS = {"CheckpointLoader", "unCLIPCheckpointLoader", "ImageOnlyCheckpointLoader",
                          "TripleCLIPLoader", "QuadrupleCLIPLoader", "DiffusersLoader"}

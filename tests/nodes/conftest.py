@@ -9,8 +9,9 @@ first on sys.path (only here: tier 1 never sees ComfyUI), ComfyUI is put in CPU 
 - `tiny_clip`: a clone of one tiny FLUX CLIP (seed 0; ComfyUI's real tokenizers) per test.
 - `tiny_vae`: one tiny 16-channel TAESD-based VAE (seed 0) for the session.
 - `models_dir`: a fresh folder per test with the tiny official DreamO files
-  (tests/fixtures/dreamo_files.py) in dreamo/ and loras/, registered as ComfyUI's `dreamo` and `loras`
-  model folders (and as folder_paths.models_dir) for that test only.
+  (tests/fixtures/dreamo_files.py) in dreamo/ and loras/ and the tiny AlignGen file
+  aligngen/aligngen_lora.safetensors (tests/fixtures/aligngen_files.py), registered as ComfyUI's
+  `dreamo`, `loras` and `aligngen` model folders (and as folder_paths.models_dir) for that test only.
 
 Every test collected here is marked `tier2`.
 """
@@ -47,6 +48,7 @@ comfy.cli_args.args.cpu = True
 import folder_paths  # noqa: E402
 
 from refcustom.tests.fixtures import tiny_host_models  # noqa: E402
+from refcustom.tests.fixtures.aligngen_files import write_tiny_aligngen_files  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -95,13 +97,15 @@ def write_tiny_dreamo_files(models: Path) -> dict:
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch) -> Path:
     models = tmp_path / "models"
-    for sub in ("dreamo", "loras"):
+    for sub in ("dreamo", "loras", "aligngen"):
         (models / sub).mkdir(parents=True, exist_ok=True)
     write_tiny_dreamo_files(models)
+    write_tiny_aligngen_files(models)
 
     registered = {
         "dreamo": ([str(models / "dreamo")], {".safetensors"}),
         "loras": ([str(models / "loras")], set(folder_paths.supported_pt_extensions)),
+        "aligngen": ([str(models / "aligngen")], {".safetensors"}),
     }
     monkeypatch.setattr(folder_paths, "models_dir", str(models))
     for name, entry in registered.items():

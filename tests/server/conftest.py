@@ -2,8 +2,11 @@
 
 `comfy_server` (session): one server on a free loopback port with a temporary base directory holding
 custom_nodes/refcustom (a link to this checkout), models/ with the tiny official DreamO files
-(tests/fixtures/dreamo_files.py), input/ with workflows/inputs/, REFCUSTOM_TEST_FIXTURES=1 (tiny
-model loaders registered) and every RuntimeWarning printed (a NaN cast to uint8 in SaveImage shows
+(tests/fixtures/dreamo_files.py), the tiny AlignGen file aligngen/aligngen_lora.safetensors
+(tests/fixtures/aligngen_files.py) and a copy of dreamo/dreamo.safetensors in loras/ (where DreamO's
+loader also looks, so Load AlignGen lists it: the wrong-file error case), input/ with
+workflows/inputs/, REFCUSTOM_TEST_FIXTURES=1 (tiny model loaders registered: FLUX, CLIP, VAE, Redux,
+SigLIP) and every RuntimeWarning printed (a NaN cast to uint8 in SaveImage shows
 up in the log each time). It is stopped at the end of the session whatever happens.
 
 `headless`: the scripts/headless.py module. Every test here that uses `comfy_server` is marked `tier2`
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -27,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 COMFY_ROOT = find_comfyui()
 NO_HOST = "tier 2 server tests skipped: no ComfyUI host (set COMFYUI_PATH or run scripts/setup_host.sh)"
+DREAMO_FILE_IN_LORAS = "dreamo.safetensors"  # models/loras/<this>: a DreamO file where Load AlignGen looks too
 
 
 def load_headless():
@@ -62,7 +67,13 @@ def comfy_server(tmp_path_factory, headless):
             raise
         warnings.warn("tests/fixtures/dreamo_files.py not found: the server has no DreamO files", stacklevel=1)
     else:
-        dreamo_files.write_official_tiny_files(base_dir / "models")
+        written = dreamo_files.write_official_tiny_files(base_dir / "models")
+        dreamo = written.get("dreamo/dreamo.safetensors")
+        if dreamo is not None:
+            shutil.copy2(dreamo, base_dir / "models" / "loras" / DREAMO_FILE_IN_LORAS)
+    from refcustom.tests.fixtures.aligngen_files import write_tiny_aligngen_files
+
+    write_tiny_aligngen_files(base_dir / "models")
     server = headless.start_server(
         COMFY_ROOT, base_dir, python=host_python(COMFY_ROOT),
         extra_env={headless.FIXTURES_ENV: "1", "PYTHONWARNINGS": "always::RuntimeWarning"},

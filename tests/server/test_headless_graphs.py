@@ -47,6 +47,23 @@ def test_checkpoint_loader_outputs_are_rewired(headless):
     assert out["8"]["inputs"]["vae"] == ["4_tiny_vae", 0]
 
 
+def test_redux_and_clip_vision_loaders_become_fixture_nodes(headless):
+    graph = {
+        "1": {"class_type": "StyleModelLoader", "inputs": {"style_model_name": "flux1-redux-dev.safetensors"}},
+        "2": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "sigclip_vision_patch14_384.safetensors"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "refcustom_guitar.png"}},
+        "4": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["2", 0], "image": ["3", 0], "crop": "none"}},
+        "5": {"class_type": "RefCustom_AlignGenConditioning", "inputs": {"style_model": ["1", 0],
+                                                                         "clip_vision_output": ["4", 0]}},
+    }
+    out = headless.substitute_fixture_loaders(graph, seed=2)
+    assert out["1"] == {"class_type": "RefCustomTest_TinyReduxLoader", "inputs": {"seed": 2},
+                        "_meta": {"title": "StyleModelLoader (tiny fixture)"}}
+    assert out["2"]["class_type"] == "RefCustomTest_TinyCLIPVisionLoader" and out["2"]["inputs"] == {"seed": 2}
+    assert out["4"]["inputs"]["clip_vision"] == ["2", 0] and out["5"]["inputs"]["style_model"] == ["1", 0]
+    assert set(out) == set(graph)
+
+
 def test_loaders_without_a_substitute_are_refused(headless):
     with pytest.raises(ValueError, match="TripleCLIPLoader has no tiny fixture substitute"):
         headless.substitute_fixture_loaders({"1": {"class_type": "TripleCLIPLoader", "inputs": {}}})

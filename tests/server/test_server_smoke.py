@@ -18,7 +18,8 @@ WORKFLOWS = REPO_ROOT / "workflows"
 API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
 UI_WORKFLOWS = sorted(WORKFLOWS.glob("*.json"))
 FIXTURE_NODES = {"RefCustomTest_TinyFluxLoader", "RefCustomTest_TinyCLIPLoader", "RefCustomTest_TinyVAELoader",
-                 "RefCustomTest_TinyNonFluxLoader"}
+                 "RefCustomTest_TinyNonFluxLoader", "RefCustomTest_TinyReduxLoader",
+                 "RefCustomTest_TinyCLIPVisionLoader"}
 # Node types the frontend handles itself; they never reach the server.
 FRONTEND_ONLY_NOT_IN_OBJECT_INFO = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
@@ -140,6 +141,22 @@ def test_api_workflow_runs_at_its_own_size(comfy_server, headless, workflow):
     batch = next(n["inputs"]["batch_size"] for n in graph.values() if n["class_type"] == "EmptySD3LatentImage")
     images = run_and_check(comfy_server, graph, timeout=900)
     assert [image.size for _, image in images] == [(width, height)] * batch
+
+
+def test_tiny_redux_and_siglip_work_with_core_nodes(comfy_server):
+    """The Redux/SigLIP fixtures through core's own path: CLIPVisionEncode (crop none) -> StyleModelApply."""
+    graph = tiny_graph(width=64, height=48)
+    graph["10"] = {"class_type": "RefCustomTest_TinyCLIPVisionLoader", "inputs": {"seed": 0}}
+    graph["11"] = {"class_type": "RefCustomTest_TinyReduxLoader", "inputs": {"seed": 0}}
+    graph["12"] = {"class_type": "LoadImage", "inputs": {"image": "refcustom_guitar.png"}}
+    graph["13"] = {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["10", 0], "image": ["12", 0],
+                                                                "crop": "none"}}
+    graph["14"] = {"class_type": "StyleModelApply", "inputs": {
+        "conditioning": ["4", 0], "style_model": ["11", 0], "clip_vision_output": ["13", 0], "strength": 1.0,
+        "strength_type": "multiply"}}
+    graph["7"]["inputs"]["positive"] = ["14", 0]
+    [(_, image)] = run_and_check(comfy_server, graph)
+    assert image.size == (64, 48)
 
 
 def test_image_upload_round_trip(comfy_server):
