@@ -17,7 +17,7 @@ As a library (the server tests load this file by path):
 - `Server.queue` raises `PromptRejected` (with ComfyUI's `node_errors`) on HTTP 400; `Server.wait` raises
   `PromptFailed` (node id, node type, exception message, traceback) when execution fails, and
   `ServerDied` if the server exits meanwhile. Every wait is bounded.
-- `substitute_fixture_loaders` swaps UNETLoader / CheckpointLoaderSimple / (Dual)CLIPLoader / VAELoader for
+- `substitute_fixture_loaders` swaps UNETLoader / CheckpointLoaderSimple / (Dual)CLIPLoader / VAELoader / StyleModelLoader / CLIPVisionLoader for
   the pack's tiny-model fixture nodes (registered when REFCUSTOM_TEST_FIXTURES=1).
 
 As a command:
@@ -449,6 +449,8 @@ except ModuleNotFoundError as exc:
         sys.exit(3)
     raise
 written = dreamo_files.write_official_tiny_files(__import__("pathlib").Path(models))
+written.update(importlib.import_module("refcustom.tests.fixtures.aligngen_files").write_tiny_aligngen_files(
+    __import__("pathlib").Path(models)))
 print(json.dumps({k: str(v) for k, v in written.items()}))
 """
 

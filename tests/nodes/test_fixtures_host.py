@@ -184,9 +184,10 @@ def test_fixture_nodes_serve_cached_tiny_models():
     node_classes = module.get_fixture_nodes()
     schemas = {cls.GET_SCHEMA().node_id: cls.GET_SCHEMA() for cls in node_classes}
     assert set(schemas) == {"RefCustomTest_TinyFluxLoader", "RefCustomTest_TinyCLIPLoader", "RefCustomTest_TinyVAELoader",
-                            "RefCustomTest_TinyNonFluxLoader"}
+                            "RefCustomTest_TinyNonFluxLoader", "RefCustomTest_TinyReduxLoader",
+                            "RefCustomTest_TinyCLIPVisionLoader"}
     assert all(s.category == "refcustom/testing" for s in schemas.values())
-    flux_node, clip_node, vae_node, non_flux_node = node_classes
+    flux_node, clip_node, vae_node, non_flux_node, redux_node, clip_vision_node = node_classes
     model = flux_node.execute(seed=0).args[0]
     assert isinstance(model.model, comfy.model_base.Flux)
     assert flux_node.execute(seed=0).args[0] is model  # cached per seed
@@ -195,3 +196,6 @@ def test_fixture_nodes_serve_cached_tiny_models():
     assert isinstance(vae_node.execute(seed=0).args[0], comfy.sd.VAE)
     other = non_flux_node.execute(seed=0).args[0].model
     assert isinstance(other, comfy.model_base.SD3) and not isinstance(other, comfy.model_base.Flux)
+    vision = clip_vision_node.execute(seed=0).args[0].encode_image(torch.rand(1, 40, 56, 3), crop=False)
+    assert vision.last_hidden_state.shape == (1, 16, 48)
+    assert redux_node.execute(seed=0).args[0].get_cond(vision).shape == (1, 16, 32)
