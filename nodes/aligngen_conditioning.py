@@ -14,7 +14,6 @@ One node does what AlignGen's pipeline does to a prompt and a reference:
 
 from __future__ import annotations
 
-import comfy.conds
 import comfy.model_management
 import torch
 from comfy_api.latest import io
@@ -22,7 +21,7 @@ from comfy_api.latest import io
 from ..model.aligngen import insert_learned_token, replace_learned_token
 from ..model.reference_preprocess import prepare_reference
 from .aligngen_loader import AlignGenWeightsType
-from .aligngen_patch import ALIGNGEN_COND_KEY, DIAGONAL_REFERENCE_METHOD, AlignGenConditioning
+from .aligngen_patch import ALIGNGEN_COND_KEY, DIAGONAL_REFERENCE_METHOD, AlignGenCond, AlignGenConditioning
 from .dreamo_text import T5_KEY, _strip_end, _t5_width
 
 
@@ -90,7 +89,7 @@ def with_aligngen_reference(conditioning: list, latent: torch.Tensor, start: int
         payload = AlignGenConditioning(concept_start=start, concept_end=end, reference_slot=len(latents))
         cond["reference_latents"] = latents + [latent]
         cond["reference_latents_method"] = DIAGONAL_REFERENCE_METHOD
-        cond["model_conds"] = {**cond.get("model_conds", {}), ALIGNGEN_COND_KEY: comfy.conds.CONDConstant(payload)}
+        cond["model_conds"] = {**cond.get("model_conds", {}), ALIGNGEN_COND_KEY: AlignGenCond(payload)}
         out.append([embedding, cond])
     return out
 

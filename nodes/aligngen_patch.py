@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
+import comfy.conds
 import torch
 
 from ..model.dreamo_conditioning import tokens_for_latent
@@ -40,6 +41,39 @@ class AlignGenConditioning:
 
     def without_concept(self) -> AlignGenConditioning:
         return AlignGenConditioning(self.concept_start, self.concept_start, self.reference_slot)
+
+
+class AlignGenCond(comfy.conds.CONDConstant):
+    """The payload as a model cond that batches: conditionings whose AlignGen reference is the same slot
+    run in one model call even when their concept rows differ (normalized guidance's positive and
+    image-only branches); the model then gets one payload per batch row."""
+
+    def __init__(self, cond: AlignGenConditioning, rows: int = 1):
+        super().__init__(cond)
+        self.rows = rows
+
+    def _copy_with(self, cond):
+        return AlignGenCond(cond, self.rows)
+
+    def process_cond(self, batch_size, **kwargs):
+        return AlignGenCond(self.cond, batch_size)
+
+    def can_concat(self, other):
+        return isinstance(other, AlignGenCond) and other.cond.reference_slot == self.cond.reference_slot
+
+    def concat(self, others) -> tuple[AlignGenConditioning, ...]:
+        return tuple(row for part in (self, *others) for row in [part.cond] * part.rows)
+
+
+def concept_rows(payload, batch: int, text_tokens: int) -> torch.Tensor:
+    """[B, T] bool, True on the rows of S* and the concept name, from one payload or one per row."""
+    rows = [payload] * batch if isinstance(payload, AlignGenConditioning) else list(payload)
+    if len(rows) != batch:
+        raise ValueError(f"AlignGen got {len(rows)} payload rows for a batch of {batch}")
+    mask = torch.zeros(batch, text_tokens, dtype=torch.bool)
+    for b, row in enumerate(rows):
+        mask[b, row.concept_start:row.concept_end] = True
+    return mask
 
 
 _SUBCLASSES: dict[type, type] = {}
@@ -90,12 +124,12 @@ def with_reference_lora(linear: torch.nn.Module, down: torch.Tensor, up: torch.T
 
 
 class SelectiveAttentionOverride:
-    """Attention override for one pass: text rows outside [concept_start, concept_end) do not see the
-    reference keys. Everything else is the original attention (chained to a previous override)."""
+    """Attention override for one pass: text rows that are not concept rows (`concept` [B, T] bool) do not
+    see the reference keys. Everything else is the original attention (chained to a previous override)."""
 
-    def __init__(self, text_tokens: int, concept: tuple[int, int], reference_span: tuple[int, int], previous=None):
-        self.text_tokens = text_tokens
+    def __init__(self, concept: torch.Tensor, reference_span: tuple[int, int], previous=None):
         self.concept = concept
+        self.text_tokens = concept.shape[1]
         self.reference_span = reference_span
         self.previous = previous
 
@@ -115,9 +149,8 @@ class SelectiveAttentionOverride:
         keep = torch.cat([torch.arange(0, start), torch.arange(end, k.shape[2])]).to(k.device)
         text_out = self._original(func, q[:, :, :text], k[:, :, keep], v[:, :, keep], heads, *args, mask=None,
                                   skip_reshape=True, skip_output_reshape=False, **kwargs)
-        blocked = torch.ones(text, dtype=torch.bool, device=out.device)
-        blocked[self.concept[0]:self.concept[1]] = False
-        text_rows = torch.where(blocked[None, :, None], text_out.to(out.dtype), out[:, :text])
+        blocked = ~self.concept.to(out.device)
+        text_rows = torch.where(blocked[:, :, None], text_out.to(out.dtype), out[:, :text])
         return torch.cat([text_rows, out[:, text:]], dim=1)
 
 
@@ -129,14 +162,15 @@ class AlignGenWrapper:
 
     def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
                  transformer_options={}, **kwargs):
-        payload: AlignGenConditioning | None = kwargs.get(ALIGNGEN_COND_KEY)
+        payload = kwargs.get(ALIGNGEN_COND_KEY)  # one AlignGenConditioning, or one per batch row
         if payload is None:
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         ref_latents = ref_latents or []
-        if payload.reference_slot != len(ref_latents) - 1:
+        slot = (payload if isinstance(payload, AlignGenConditioning) else payload[0]).reference_slot
+        if slot != len(ref_latents) - 1:
             raise ValueError(
                 f"AlignGen's reference must be the last reference latent (its LoRA acts on the trailing tokens), but it "
-                f"is slot {payload.reference_slot} of {len(ref_latents)}. Apply AlignGen after any other reference node."
+                f"is slot {slot} of {len(ref_latents)}. Apply AlignGen after any other reference node."
             )
         method = kwargs.get("ref_latents_method")
         if method != DIAGONAL_REFERENCE_METHOD:
@@ -146,7 +180,7 @@ class AlignGenWrapper:
         reference = tokens_for_latent(ref_latents[-1].shape[-2], ref_latents[-1].shape[-1], patch)
         total = context.shape[1] + tokens_for_latent(x.shape[-2], x.shape[-1], patch) + sum(
             tokens_for_latent(r.shape[-2], r.shape[-1], patch) for r in ref_latents)
-        override = SelectiveAttentionOverride(context.shape[1], (payload.concept_start, payload.concept_end),
+        override = SelectiveAttentionOverride(concept_rows(payload, x.shape[0], context.shape[1]),
                                               (total - reference, total),
                                               previous=transformer_options.get("optimized_attention_override"))
         options = {**transformer_options, "optimized_attention_override": override}

@@ -9,10 +9,9 @@ Inputs are never mutated.
 
 from __future__ import annotations
 
-import comfy.conds
 import torch
 
-from .aligngen_patch import ALIGNGEN_COND_KEY
+from .aligngen_patch import ALIGNGEN_COND_KEY, AlignGenCond
 from .dreamo_patch import DREAMO_COND_KEY
 
 REFERENCE_MODEL_CONDS = (DREAMO_COND_KEY, ALIGNGEN_COND_KEY)
@@ -65,7 +64,7 @@ def with_prompt_replaced(conditioning: list, neutral: list, prompt: list | None 
         if aligngen is not None:
             # The concept's T5 rows belong to the replaced prompt: the neutral text has no concept tokens.
             new["model_conds"] = {**cond["model_conds"],
-                                  ALIGNGEN_COND_KEY: comfy.conds.CONDConstant(aligngen.cond.without_concept())}
+                                  ALIGNGEN_COND_KEY: AlignGenCond(aligngen.cond.without_concept())}
         if "pooled_output" in neutral_extra:
             new["pooled_output"] = neutral_extra["pooled_output"]
         out.append([torch.cat([text, appended], dim=1), new])

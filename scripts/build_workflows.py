@@ -494,9 +494,8 @@ def wf_aligngen_normalized() -> Graph:
     intro = (f"AlignGen with SynCD normalized image/text guidance, {ALIGNGEN_STEPS} steps. In the image_only "
              "branch the prompt is swapped for the neutral one, so no text token is the concept's there (S* and "
              "the concept name are gone with the prompt); the reference tokens and their LoRA stay.\n"
-             + NORMALIZED_SCALES_NOTE + " Three model calls per step: positive and image_only carry different "
-             "AlignGen payloads (image_only has no concept tokens), so ComfyUI does not batch them; about 3x the "
-             "time of aligngen_single_concept.\n\n")
+             + NORMALIZED_SCALES_NOTE + " Three model passes per step; positive and image_only share one batched "
+             "call (their AlignGen payloads batch row by row), so about 2x the time of aligngen_single_concept.\n\n")
     g = Graph("aligngen_normalized_guidance", "AlignGen + SynCD normalized image/text guidance", intro + ALIGNGEN_NOTE)
     front = aligngen_front(g)
     guided = g.add("FluxGuidance", None, None, conditioning=front["conditioning"][0], guidance=ALIGNGEN_GUIDANCE)

@@ -131,3 +131,27 @@ def test_weights_for_another_model_size_are_refused(tiny_flux, aligngen):
     other = AlignGenWeights(aligngen.learned_token, aligngen.dem, deeper, 1.0, "S*", Path("deep.safetensors"))
     with pytest.raises(ValueError, match="deeper model"):
         apply_aligngen(tiny_flux, other, 1.0)
+
+
+def test_branches_with_different_concept_rows_share_one_model_call(tiny_flux, tiny_clip, tiny_vae, aligngen, redux):
+    """Normalized guidance's positive and image-only branches batch into one call and equal separate calls."""
+    import comfy.patcher_extension
+
+    from refcustom.nodes.normalized_guidance import GuidanceBranchesNode
+
+    model = apply_aligngen(tiny_flux, aligngen, 1.0)
+    calls = []
+
+    def count(executor, x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return executor(x, *args, **kwargs)
+
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_count", count)
+    positive = positive_for(tiny_clip, tiny_vae, aligngen, redux)
+    image_only, _ = GuidanceBranchesNode.execute(positive, tiny_clip, "").args
+    guided = one_step(model, positive, image_only, 2.0)  # CFG with image_only as "negative": both in one batch
+    assert calls == [2]
+    alone_positive = one_step(model, positive, image_only, 1.0)
+    alone_image = one_step(model, image_only, image_only, 1.0)
+    torch.testing.assert_close(guided, alone_image + 2.0 * (alone_positive - alone_image), rtol=1e-4, atol=1e-5)
+    assert (alone_positive - alone_image).abs().max() > 1e-5
