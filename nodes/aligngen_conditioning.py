@@ -15,6 +15,7 @@ One node does what AlignGen's pipeline does to a prompt and a reference:
 from __future__ import annotations
 
 import comfy.model_management
+import comfy.utils
 import torch
 from comfy_api.latest import io
 
@@ -131,16 +132,20 @@ class AlignGenConditioningNode(io.ComfyNode):
                 mask=None) -> io.NodeOutput:
         if clip is None:
             raise RuntimeError("the CLIP input is empty: load FLUX's text encoders with DualCLIPLoader.")
+        progress = comfy.utils.ProgressBar(3)  # text encoding, the DEM, the reference's VAE encoding
         before, rest = insert_learned_token(text, concept, aligngen.token_text)
         tokens, start, end = tokenize_with_learned_token(clip, before, rest, aligngen.token_text,
                                                          aligngen.learned_token, concept.strip())
         conditioning = clip.encode_from_tokens_scheduled(tokens)
+        progress.update(1)
         redux = style_model.get_cond(clip_vision_output).flatten(start_dim=0, end_dim=1).unsqueeze(0)
         if redux.shape[-1] != aligngen.dem.config["redux_dim"]:
             raise ValueError(f"the Redux tokens are {redux.shape[-1]} wide, the AlignGen DEM expects "
                              f"{aligngen.dem.config['redux_dim']}: load FLUX.1 Redux (flux1-redux-dev) as style_model.")
         conditioning = apply_dem(conditioning, aligngen.dem, start, end, redux)
+        progress.update(1)
         latent = vae.encode(prepare_reference(image, "ip", ref_res, mask))
         if not bool(latent.isfinite().all()):
             raise RuntimeError("the VAE returned NaN/inf for the reference; use the FLUX VAE (--fp32-vae if in fp16).")
+        progress.update(1)
         return io.NodeOutput(with_aligngen_reference(conditioning, latent, start, end))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import comfy.patcher_extension
+import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
@@ -87,5 +88,9 @@ class AlignGenLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, aligngen_file, lora_strength) -> io.NodeOutput:
+        progress = comfy.utils.ProgressBar(2)  # read the file (the DEM is ~1 GB at FLUX width), patch the model
         weights = read_aligngen_file(resolve_aligngen_file(aligngen_file))
-        return io.NodeOutput(apply_aligngen(model, weights, lora_strength), weights)
+        progress.update(1)
+        patched = apply_aligngen(model, weights, lora_strength)
+        progress.update(1)
+        return io.NodeOutput(patched, weights)

@@ -11,6 +11,7 @@ import comfy.lora
 import comfy.lora_convert
 import comfy.model_base
 import comfy.patcher_extension
+import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
@@ -135,6 +136,11 @@ class DreamOLoader(io.ComfyNode):
         if model.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, DREAMO_WRAPPER_KEY):
             raise ValueError("this MODEL already has DreamO loaded; use a single Load DreamO node per model.")
 
+        extras = [(slot, lora_inputs[f"{slot}_lora"], lora_inputs[f"{slot}_strength"])
+                  for slot in ("cfg_distill", "turbo", "sft", "dpo", "quality_pos", "quality_neg")]
+        extras = [(slot, name, strength) for slot, name, strength in extras if name != NONE and strength != 0]
+        # One tick per weight file read and applied: the official files are ~0.5 GB each.
+        progress = comfy.utils.ProgressBar(2 + len(extras))
         main = read_dreamo_file(resolve_weight_file(dreamo_file))
         if embedding_file == FROM_MAIN_FILE:
             tables = main.embeddings
@@ -155,20 +161,20 @@ class DreamOLoader(io.ComfyNode):
                 f"is {diffusion_model.hidden_size}: these DreamO weights are for a different model."
             )
 
+        progress.update(1)
         patched = model.clone()
         if main.lora is not None and dreamo_strength != 0:
             apply_lora_file(patched, main, dreamo_strength)
         elif main.lora is None and dreamo_strength != 0:
             raise ValueError(f"{dreamo_file} has no LoRA; pick dreamo.safetensors or comfyui/dreamo_comfyui.safetensors.")
-        for slot in ("cfg_distill", "turbo", "sft", "dpo", "quality_pos", "quality_neg"):
-            name, strength = lora_inputs[f"{slot}_lora"], lora_inputs[f"{slot}_strength"]
-            if name == NONE or strength == 0:
-                continue
+        progress.update(1)
+        for slot, name, strength in extras:
             extra = read_dreamo_file(resolve_weight_file(name))
             if extra.lora is None:
                 raise ValueError(f"{name} (chosen as the {slot} LoRA) holds no LoRA weights.")
             apply_lora_file(patched, extra, strength)
             logging.info("refcustom: DreamO %s LoRA %s at %.2f", slot, name, strength)
+            progress.update(1)
 
         embedding = DreamOConditionEmbedding(tables.hidden_size)
         embedding.load_state_dict({k: v.float() for k, v in tables.condition_state_dict().items()})
