@@ -5,16 +5,17 @@ from __future__ import annotations
 
 def node_list() -> list:
     from .aligngen_conditioning import AlignGenConditioningNode
-    from .aligngen_loader import AlignGenLoader, register_aligngen_folder
-    from .dreamo_loader import DreamOLoader, register_model_folders
+    from .aligngen_loader import ALIGNGEN_FOLDER, AlignGenLoader
+    from .dreamo_loader import DREAMO_FOLDER, DreamOLoader
     from .dreamo_reference import DreamOReferenceNode
     from .dreamo_text import DreamOTextEncode
+    from .model_folders import register_safetensors_folder
     from .normalized_guidance import GuidanceBranchesNode, NormalizedGuidanceGuiderNode
     from .shared_attention import MaskedSharedAttentionNode, SharedAttentionReferenceNode
     from .true_cfg_guider import TrueCFGGuiderNode
 
-    register_model_folders()
-    register_aligngen_folder()
+    register_safetensors_folder(DREAMO_FOLDER)
+    register_safetensors_folder(ALIGNGEN_FOLDER)
     return [DreamOLoader, DreamOReferenceNode, DreamOTextEncode, TrueCFGGuiderNode,
             NormalizedGuidanceGuiderNode, GuidanceBranchesNode, MaskedSharedAttentionNode,
             SharedAttentionReferenceNode, AlignGenLoader, AlignGenConditioningNode]

@@ -22,7 +22,8 @@ from comfy_api.latest import io
 from ..model.aligngen import insert_learned_token, replace_learned_token
 from ..model.reference_preprocess import prepare_reference
 from .aligngen_loader import AlignGenWeightsType
-from .aligngen_patch import ALIGNGEN_COND_KEY, DIAGONAL_REFERENCE_METHOD, AlignGenCond, AlignGenConditioning
+from .aligngen_patch import ALIGNGEN_COND_KEY, AlignGenCond, AlignGenConditioning
+from .conditioning_edit import with_diagonal_reference
 from .dreamo_text import T5_KEY, _strip_end, _t5_width
 
 
@@ -81,15 +82,8 @@ def apply_dem(conditioning: list, dem, start: int, end: int, redux: torch.Tensor
 def with_aligngen_reference(conditioning: list, latent: torch.Tensor, start: int, end: int) -> list:
     out = []
     for embedding, cond in conditioning:
-        cond = cond.copy()
-        latents = list(cond.get("reference_latents", []))
-        method = cond.get("reference_latents_method")
-        if latents and method not in (None, DIAGONAL_REFERENCE_METHOD):
-            raise ValueError(f"this conditioning already carries reference latents in the '{method}' layout; AlignGen "
-                             f"needs the diagonal '{DIAGONAL_REFERENCE_METHOD}' layout. Use a separate conditioning.")
-        payload = AlignGenConditioning(concept_start=start, concept_end=end, reference_slot=len(latents))
-        cond["reference_latents"] = latents + [latent]
-        cond["reference_latents_method"] = DIAGONAL_REFERENCE_METHOD
+        cond, slot = with_diagonal_reference(cond, latent, "AlignGen")
+        payload = AlignGenConditioning(concept_start=start, concept_end=end, reference_slot=slot)
         cond["model_conds"] = {**cond.get("model_conds", {}), ALIGNGEN_COND_KEY: AlignGenCond(payload)}
         out.append([embedding, cond])
     return out

@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-import os
-
 import comfy.patcher_extension
 import comfy.utils
-import folder_paths
 from comfy_api.latest import io
 
 from ..model.aligngen_weights import AlignGenWeights, read_aligngen_file
 from .aligngen_patch import ALIGNGEN_WRAPPER_KEY, AlignGenWrapper, with_reference_lora
 from .dreamo_loader import require_flux
+from .model_folders import file_options, resolve_file
 
 ALIGNGEN_FOLDER = "aligngen"
 
 AlignGenWeightsType = io.Custom("REFCUSTOM_ALIGNGEN")
-
-
-def register_aligngen_folder() -> None:
-    path = os.path.join(folder_paths.models_dir, ALIGNGEN_FOLDER)
-    folder_paths.add_model_folder_path(ALIGNGEN_FOLDER, path, is_default=True)
-    paths, extensions = folder_paths.folder_names_and_paths[ALIGNGEN_FOLDER]
-    folder_paths.folder_names_and_paths[ALIGNGEN_FOLDER] = (paths, set(extensions) | {".safetensors"})
-
-
-def aligngen_files() -> list[str]:
-    names = list(folder_paths.get_filename_list(ALIGNGEN_FOLDER))
-    return names + [n for n in folder_paths.get_filename_list("loras") if n not in names]
-
-
-def resolve_aligngen_file(name: str) -> str:
-    for folder in (ALIGNGEN_FOLDER, "loras"):
-        path = folder_paths.get_full_path(folder, name)
-        if path is not None:
-            return path
-    raise FileNotFoundError(f"{name} is in neither models/{ALIGNGEN_FOLDER} nor models/loras. Train one with "
-                            "`python -m refcustom.train train --config train/configs/aligngen_flux1_dev.yaml`.")
 
 
 def apply_aligngen(model, weights: AlignGenWeights, strength: float):
@@ -76,7 +53,7 @@ class AlignGenLoader(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The FLUX.1-dev model the AlignGen file was trained on."),
-                io.Combo.Input("aligngen_file", options=aligngen_files(),
+                io.Combo.Input("aligngen_file", options=file_options(ALIGNGEN_FOLDER),
                                tooltip="aligngen_lora.safetensors from the trainer; searched in models/aligngen and "
                                        "models/loras."),
                 io.Float.Input("lora_strength", default=1.0, min=-2.0, max=2.0, step=0.01,
@@ -89,7 +66,9 @@ class AlignGenLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model, aligngen_file, lora_strength) -> io.NodeOutput:
         progress = comfy.utils.ProgressBar(2)  # read the file (the DEM is ~1 GB at FLUX width), patch the model
-        weights = read_aligngen_file(resolve_aligngen_file(aligngen_file))
+        weights = read_aligngen_file(resolve_file(
+            aligngen_file, ALIGNGEN_FOLDER,
+            "Train one with `python -m refcustom.train train --config train/configs/aligngen_flux1_dev.yaml`."))
         progress.update(1)
         patched = apply_aligngen(model, weights, lora_strength)
         progress.update(1)

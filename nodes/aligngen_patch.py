@@ -21,10 +21,10 @@ import comfy.conds
 import torch
 
 from ..model.dreamo_conditioning import tokens_for_latent
+from .dreamo_patch import DIAGONAL_REFERENCE_METHOD
 
 ALIGNGEN_COND_KEY = "refcustom_aligngen"
 ALIGNGEN_WRAPPER_KEY = "refcustom_aligngen"
-DIAGONAL_REFERENCE_METHOD = "uxo"
 
 # Trailing reference tokens in the sequences the patched Linears see during the current pass.
 REFERENCE_TOKENS: contextvars.ContextVar[int] = contextvars.ContextVar("refcustom_aligngen_reference_tokens", default=0)

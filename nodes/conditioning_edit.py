@@ -12,11 +12,28 @@ from __future__ import annotations
 import torch
 
 from .aligngen_patch import ALIGNGEN_COND_KEY, AlignGenCond
-from .dreamo_patch import DREAMO_COND_KEY
+from .dreamo_patch import DIAGONAL_REFERENCE_METHOD, DREAMO_COND_KEY
 
 REFERENCE_MODEL_CONDS = (DREAMO_COND_KEY, ALIGNGEN_COND_KEY)
 
 REFERENCE_KEYS = ("reference_latents", "reference_latents_method")
+
+
+def with_diagonal_reference(cond: dict, latent, method_user: str) -> tuple[dict, int]:
+    """(copy of one cond dict with `latent` appended to core's reference latents in the diagonal layout, its slot).
+
+    Every reference latent of a conditioning shares one layout, so latents already there in another one
+    (Kontext's) are an error naming `method_user`, the method that needs the diagonal layout.
+    """
+    latents = list(cond.get("reference_latents", []))
+    method = cond.get("reference_latents_method")
+    if latents and method not in (None, DIAGONAL_REFERENCE_METHOD):
+        raise ValueError(
+            f"this conditioning already carries reference latents in the '{method}' layout (Kontext); {method_user} "
+            f"needs the diagonal '{DIAGONAL_REFERENCE_METHOD}' layout for all of them. Use separate conditionings."
+        )
+    return {**cond, "reference_latents": latents + [latent], "reference_latents_method": DIAGONAL_REFERENCE_METHOD}, \
+        len(latents)
 
 
 def without_references(conditioning: list) -> list:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import comfy.ldm.flux.model
@@ -12,12 +11,12 @@ import comfy.lora_convert
 import comfy.model_base
 import comfy.patcher_extension
 import comfy.utils
-import folder_paths
 from comfy_api.latest import io
 
 from ..model.dreamo_conditioning import DreamOConditionEmbedding
 from ..model.dreamo_weights import DreamOEmbeddingTables, DreamOFile, lora_module_names, read_dreamo_file
 from .dreamo_patch import DREAMO_WRAPPER_KEY, DreamOEmbeddingWrapper
+from .model_folders import file_options, resolve_file
 
 DREAMO_FOLDER = "dreamo"
 NONE = "none"
@@ -34,29 +33,9 @@ class DreamOWeights:
     source: str
 
 
-def register_model_folders() -> None:
-    """`models/dreamo` as a model folder (the official port's folder name); `loras/` is also searched."""
-    path = os.path.join(folder_paths.models_dir, DREAMO_FOLDER)
-    folder_paths.add_model_folder_path(DREAMO_FOLDER, path, is_default=True)
-    paths, extensions = folder_paths.folder_names_and_paths[DREAMO_FOLDER]
-    folder_paths.folder_names_and_paths[DREAMO_FOLDER] = (paths, set(extensions) | {".safetensors"})
-
-
-def weight_file_options() -> list[str]:
-    names = list(folder_paths.get_filename_list(DREAMO_FOLDER))
-    names += [n for n in folder_paths.get_filename_list("loras") if n not in names]
-    return names
-
-
 def resolve_weight_file(name: str) -> str:
-    for folder in (DREAMO_FOLDER, "loras"):
-        path = folder_paths.get_full_path(folder, name)
-        if path is not None:
-            return path
-    raise FileNotFoundError(
-        f"{name} is in neither models/{DREAMO_FOLDER} nor models/loras. Download it from the ByteDance/DreamO "
-        "repository into models/dreamo (keep its comfyui/ or v1.1/ subfolder)."
-    )
+    return resolve_file(name, DREAMO_FOLDER, "Download it from the ByteDance/DreamO repository into models/dreamo "
+                                             "(keep its comfyui/ or v1.1/ subfolder).")
 
 
 def require_flux(model, what: str = "DreamO") -> comfy.ldm.flux.model.Flux:
@@ -86,7 +65,7 @@ def apply_lora_file(model, dreamo_file: DreamOFile, strength: float) -> None:
 class DreamOLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        files = weight_file_options()
+        files = file_options(DREAMO_FOLDER)
         optional_files = [NONE, *files]
 
         def lora_slot(name, default_strength, what):

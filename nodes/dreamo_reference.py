@@ -7,7 +7,8 @@ from comfy_api.latest import io
 
 from ..model.dreamo_conditioning import MAX_REFERENCES, DreamOReference, DreamOReferenceSet
 from ..model.reference_preprocess import TASKS, prepare_reference
-from .dreamo_patch import DIAGONAL_REFERENCE_METHOD, DREAMO_COND_KEY
+from .conditioning_edit import with_diagonal_reference
+from .dreamo_patch import DREAMO_COND_KEY
 
 
 def dreamo_references_of(cond: dict) -> DreamOReferenceSet:
@@ -19,24 +20,15 @@ def with_dreamo_reference(conditioning: list, latent, index: int) -> list:
     """A copy of `conditioning` with `latent` appended as DreamO reference `index` (0 = next free)."""
     out = []
     for embedding, cond in conditioning:
-        cond = cond.copy()
         references = dreamo_references_of(cond)
-        latents = list(cond.get("reference_latents", []))
-        method = cond.get("reference_latents_method")
-        if latents and method not in (None, DIAGONAL_REFERENCE_METHOD):
-            raise ValueError(
-                f"this conditioning already carries reference latents in the '{method}' layout (Kontext); DreamO "
-                f"needs the diagonal '{DIAGONAL_REFERENCE_METHOD}' layout for all of them. Use separate conditionings."
-            )
+        cond, slot = with_diagonal_reference(cond, latent, "DreamO")
         if len(references.references) >= MAX_REFERENCES:
             raise ValueError(
                 f"too many references: DreamO tells at most {MAX_REFERENCES} apart (index rows 1..{MAX_REFERENCES}) and "
                 f"this conditioning already has {len(references.references)}. Remove a DreamO reference node."
             )
         chosen = index if index > 0 else references.next_index()
-        references = references.added(DreamOReference(index=chosen, slot=len(latents)))
-        cond["reference_latents"] = latents + [latent]
-        cond["reference_latents_method"] = DIAGONAL_REFERENCE_METHOD
+        references = references.added(DreamOReference(index=chosen, slot=slot))
         cond["model_conds"] = {**cond.get("model_conds", {}), DREAMO_COND_KEY: comfy.conds.CONDConstant(references)}
         out.append([embedding, cond])
     return out
