@@ -67,14 +67,8 @@ class DeviationExtractionModule(nn.Module):
         text_dim, redux_dim = state_dict["norm_self.weight"].shape[0], state_dict["norm_redux.weight"].shape[0]
         with torch.device("meta"):  # no throwaway init of ~270M parameters at FLUX widths
             module = cls(text_dim, redux_dim, heads, mlp_ratio)
-        expected = module.state_dict()
-        missing, unexpected = sorted(expected.keys() - state_dict.keys()), sorted(state_dict.keys() - expected.keys())
-        if missing or unexpected:
-            raise ValueError(f"DEM state dict does not match: missing keys {missing}, unexpected keys {unexpected}")
-        wrong = [f"{k}: {list(state_dict[k].shape)} != {list(v.shape)}" for k, v in expected.items()
-                 if state_dict[k].shape != v.shape]
-        if wrong:
-            raise ValueError(f"DEM state dict shapes do not match (heads={heads}, mlp_ratio={mlp_ratio}): {wrong}")
+        _check_state_dict(module.state_dict(), state_dict, "DEM state dict",
+                          f"DEM state dict shapes do not match (heads={heads}, mlp_ratio={mlp_ratio})")
         module.load_state_dict(state_dict, assign=True)
         return module
 
@@ -238,19 +232,24 @@ def reference_lora_state_dict(modules: dict[str, ReferenceOnlyLoRA]) -> dict[str
     return state
 
 
+def _check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], what: str,
+                      shape_error: str) -> None:
+    """Keys of `given` exactly those of `expected`, with the same shapes; else ValueError listing the difference."""
+    missing, unexpected = sorted(expected.keys() - given.keys()), sorted(given.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(f"{what} does not match: missing keys {missing}, unexpected keys {unexpected}")
+    wrong = [f"{k}: {list(given[k].shape)} != {list(v.shape)}" for k, v in expected.items() if given[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{shape_error}: {wrong}")
+
+
 def load_reference_lora_state_dict(modules: dict[str, ReferenceOnlyLoRA], state_dict: dict[str, torch.Tensor]) -> None:
     """Inverse of reference_lora_state_dict: copies into the wrappers; keys and shapes must match exactly."""
     targets = {}
     for name, m in modules.items():
         targets[f"{name}.lora_down.weight"] = m.down.weight
         targets[f"{name}.lora_up.weight"] = m.up.weight
-    missing, unexpected = sorted(targets.keys() - state_dict.keys()), sorted(state_dict.keys() - targets.keys())
-    if missing or unexpected:
-        raise ValueError(f"reference LoRA state dict does not match: missing keys {missing}, unexpected keys {unexpected}")
-    wrong = [f"{k}: {list(state_dict[k].shape)} != {list(p.shape)}" for k, p in targets.items()
-             if state_dict[k].shape != p.shape]
-    if wrong:
-        raise ValueError(f"reference LoRA shapes do not match: {wrong}")
+    _check_state_dict(targets, state_dict, "reference LoRA state dict", "reference LoRA shapes do not match")
     with torch.no_grad():
         for key, parameter in targets.items():
             parameter.copy_(state_dict[key])

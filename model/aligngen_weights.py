@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from .aligngen import DeviationExtractionModule
+from .weight_files import read_safetensors
 
 PREFIX = "aligngen."
 TOKEN_KEY = "aligngen.learned_token"
@@ -72,14 +72,7 @@ def comfy_target(module: str) -> str:
 def read_aligngen_file(path: str | Path) -> AlignGenWeights:
     """Read an AlignGen export; raise naming what was expected for anything else."""
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path.name}: AlignGen weights are a .safetensors file exported by refcustom's trainer")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-            meta = handle.metadata() or {}
-    except Exception as error:  # safetensors raises its own types for truncated or foreign files
-        raise ValueError(f"{path.name} is not a readable safetensors file: {error}") from error
+    tensors, meta = read_safetensors(path, "AlignGen")
     if meta.get("refcustom.mode") != "aligngen" or TOKEN_KEY not in tensors:
         hint = ""
         if meta.get("refcustom.mode") == "dreamo" or any("dreamo_task_embedding" in k for k in tensors):

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from .dreamo_conditioning import INDEX_ROWS, TASK_ROWS
+from .weight_files import read_safetensors
 
 TASK_KEY = "dreamo_task_embedding.weight"
 INDEX_KEY = "dreamo_idx_embedding.weight"
@@ -161,13 +161,7 @@ def _read_embeddings(tensors: dict[str, torch.Tensor], path: Path) -> DreamOEmbe
 def read_dreamo_file(path: str | Path) -> DreamOFile:
     """Read any DreamO-family file; raise naming what was expected if it is none of them."""
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path.name}: DreamO weights are .safetensors files; got a {path.suffix or 'suffix-less'} file")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as error:  # safetensors raises its own error types for a truncated/foreign file
-        raise ValueError(f"{path.name} is not a readable safetensors file: {error}") from error
+    tensors, _ = read_safetensors(path, "DreamO")
 
     embeddings = _read_embeddings(tensors, path)
     lora_tensors = {k: v for k, v in tensors.items() if k not in EMBEDDING_KEYS}
