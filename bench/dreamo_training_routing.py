@@ -121,7 +121,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import math
@@ -132,22 +131,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGE = "refcustom"
+from random_flux import import_package
+
 PRETRAINED = "tiny-flux-pretrained"
-
-
-def import_package():
-    """`import refcustom` from this checkout (the repo root is the package, whatever the folder's name)."""
-    module = sys.modules.get(PACKAGE)
-    if module is not None:
-        return module
-    spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def rewrite_prompts(folder: Path, mode: str) -> None:

@@ -33,14 +33,10 @@ the step, not a timing anyone should read.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGE = "refcustom"
+from random_flux import import_package
 
 PRESETS = {
     # transformer config, LoRA rank, routing layers, target / reference pixels, text tokens
@@ -55,19 +51,6 @@ PRESETS = {
                          guidance_embeds=True, axes_dims_rope=(4, 14, 14)),
         rank=8, routing_layers=[0, 1], image=64, reference=32, text=32, dtype="float32"),
 }
-
-
-def import_package():
-    """`import refcustom` from this checkout (the repo root is the package, whatever the folder's name)."""
-    module = sys.modules.get(PACKAGE)
-    if module is not None:
-        return module
-    spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:

@@ -4,16 +4,32 @@ ComfyUI's own classes. Sizes come from PRESETS."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "refcustom"
 
 PRESETS = {
     # hidden, heads, rope axes, double/single blocks, image px, reference px, text tokens, repeats
     "cpu-small": dict(hidden=512, heads=4, axes=[16, 56, 56], depth=2, single=4, image=512, ref=256, text=128, repeats=5),
     "flux-1024": dict(hidden=3072, heads=24, axes=[16, 56, 56], depth=19, single=38, image=1024, ref=512, text=512, repeats=10),
 }
+
+
+def import_package():
+    """`import refcustom` from this checkout without ComfyUI (the repo root is the package, whatever the
+    folder's name): what the training benchmarks need."""
+    module = sys.modules.get(PACKAGE)
+    if module is not None:
+        return module
+    spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def import_host():
