@@ -168,10 +168,10 @@ def pretrain_base(args, workdir: Path) -> tuple[Path, dict]:
     import torch
 
     from refcustom.model.dreamo_conditioning import diagonal_position_ids
+    from refcustom.model.placeholders import strip_placeholders
     from refcustom.train import losses
     from refcustom.train.components import PromptEncoder, encode_latents, load_flux, pack
     from refcustom.train.dataset import ReferenceDataset, read_metadata
-    from refcustom.train.dreamo_method import strip_placeholders
     from refcustom.train.tiny_model import write_tiny_flux
 
     folder = workdir / PRETRAINED
@@ -356,8 +356,8 @@ def generate(trainer, batch, seed: int, steps: int, references: bool = True, swa
     import numpy as np
     import torch
 
+    from refcustom.model.placeholders import strip_placeholders
     from refcustom.train.components import pack, unpack
-    from refcustom.train.dreamo_method import strip_placeholders
     from refcustom.train.dreamo_model import split_captured
     from refcustom.train.losses import mask_to_tokens, routing_response
 
@@ -444,9 +444,9 @@ def functional(trainer, evaluation: Evaluation, args, prompt: str = "placeholder
     Trainer.sample), "plain" (its placeholders removed; the references are still there) or "base" (plain
     prompt, no reference). With references, also the generation with the two references exchanged
     (swap_delta, swap_follows) and the attention localisation (attn_in)."""
+    from refcustom.model.placeholders import strip_placeholders
     from refcustom.train.components import decode_latents
     from refcustom.train.dataset import collate
-    from refcustom.train.dreamo_method import strip_placeholders
     from refcustom.train.synthetic import shape_metric
 
     references = prompt != "base"

@@ -47,3 +47,11 @@ def split_prompt(text: str) -> list[str | int]:
 
 def has_placeholders(text: str) -> bool:
     return any(isinstance(p, int) for p in split_prompt(text))
+
+
+_WELL_FORMED = re.compile(r"\s*\[(?:ref#[1-9]|res)\]", re.IGNORECASE)
+
+
+def strip_placeholders(text: str) -> str:
+    """The prompt without its placeholders (and the space before each): DreamO's plain-text variant."""
+    return re.sub(r"\s{2,}", " ", _WELL_FORMED.sub("", text)).strip()

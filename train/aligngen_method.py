@@ -16,10 +16,10 @@ import re
 import torch
 
 from ..model.aligngen import insert_learned_token, replace_learned_token
+from ..model.placeholders import strip_placeholders
 from . import losses
 from .aligngen_model import AlignGenFlux
 from .components import ReduxEncoder, encode_latents, pack
-from .dreamo_method import strip_placeholders
 
 
 class AlignGenMethod:

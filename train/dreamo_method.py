@@ -8,20 +8,12 @@ subset of each reference's tokens (with their own RoPE ids and embeddings), Drea
 
 from __future__ import annotations
 
-import re
-
 import torch
 
-from ..model.placeholders import has_placeholders
+from ..model.placeholders import has_placeholders, strip_placeholders
 from . import losses
 from .components import PromptEncoder, pack
 from .dreamo_model import PLACEHOLDER_TOKENS, DreamOFlux, placeholder_keys, split_captured
-
-_PLACEHOLDER = re.compile(r"\s*\[(?:ref#[1-9]|res)\]", re.IGNORECASE)
-
-
-def strip_placeholders(prompt: str) -> str:
-    return re.sub(r"\s{2,}", " ", _PLACEHOLDER.sub("", prompt)).strip()
 
 
 class DreamOMethod:

@@ -83,21 +83,21 @@ class Trainer:
 
     def _model_path(self) -> Path:
         pretrained = self.config.model.pretrained
-        if pretrained != "tiny":
-            return Path(pretrained)
-        folder = Path(self.config.model.tiny_dir or self.output / "tiny-flux")
-        if self.accelerator.is_main_process:
-            write_tiny_flux(folder)
-        self.accelerator.wait_for_everyone()
-        return folder
+        return Path(pretrained) if pretrained != "tiny" else self._tiny(self._tiny_flux_dir(), write_tiny_flux)
 
     def redux_path(self) -> Path | None:
         redux = self.config.model.redux
         if redux != "tiny":
             return Path(redux) if redux else None
-        folder = Path(self.config.model.tiny_dir or self.output / "tiny-flux").with_name("tiny-redux")
+        return self._tiny(self._tiny_flux_dir().with_name("tiny-redux"), write_tiny_redux)
+
+    def _tiny_flux_dir(self) -> Path:
+        return Path(self.config.model.tiny_dir or self.output / "tiny-flux")
+
+    def _tiny(self, folder: Path, write) -> Path:
+        """The offline tiny model folder, written once by the main process while the others wait."""
         if self.accelerator.is_main_process:
-            write_tiny_redux(folder)
+            write(folder)
         self.accelerator.wait_for_everyone()
         return folder
 

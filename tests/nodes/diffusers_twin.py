@@ -38,3 +38,14 @@ def to_diffusers(model_patcher):
             converted[key] = sd[name].narrow(dim, offset, size)
     model.load_state_dict(converted)
     return model.eval()
+
+
+
+def diffusers_flux_folder(folder, model_patcher):
+    """A tiny diffusers FLUX.1-dev folder (train/tiny_model.py) whose transformer is the patcher's model:
+    the trainer then starts from exactly ComfyUI's weights."""
+    from refcustom.train.tiny_model import write_tiny_flux
+
+    folder = write_tiny_flux(folder)
+    to_diffusers(model_patcher).save_pretrained(folder / "transformer")
+    return folder

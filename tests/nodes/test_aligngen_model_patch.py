@@ -13,11 +13,10 @@ import torch
 
 from refcustom.nodes.aligngen_loader import AlignGenLoader
 from refcustom.nodes.aligngen_patch import AlignGenConditioning
-from refcustom.tests.nodes.diffusers_twin import to_diffusers
+from refcustom.tests.nodes.diffusers_twin import diffusers_flux_folder
 from refcustom.train.components import pack, unpack
 from refcustom.train.config import config_from_dict
 from refcustom.train.synthetic import write_shapes_dataset
-from refcustom.train.tiny_model import write_tiny_flux
 from refcustom.train.trainer import Trainer
 
 pytestmark = pytest.mark.tier2
@@ -25,8 +24,7 @@ pytestmark = pytest.mark.tier2
 
 @pytest.fixture
 def trained_aligngen(tmp_path, tiny_flux, models_dir):
-    folder = write_tiny_flux(tmp_path / "tiny-flux")
-    to_diffusers(tiny_flux).save_pretrained(folder / "transformer")
+    folder = diffusers_flux_folder(tmp_path / "tiny-flux", tiny_flux)  # the trainer's base = ComfyUI's tiny FLUX
     data = write_shapes_dataset(tmp_path / "shapes", count=6, seed=3, max_references=1)
     config = config_from_dict({
         "mode": "aligngen", "output_dir": str(tmp_path / "run"), "seed": 2,

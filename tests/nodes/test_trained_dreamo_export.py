@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from refcustom.model.dreamo_conditioning import DreamOReference, DreamOReferenceSet
-from refcustom.tests.nodes.diffusers_twin import to_diffusers
+from refcustom.tests.nodes.diffusers_twin import diffusers_flux_folder
 from refcustom.tests.nodes.dreamo_loading import load_dreamo
 from refcustom.train.components import pack, unpack
 from refcustom.train.config import config_from_dict
 from refcustom.train.synthetic import write_shapes_dataset
-from refcustom.train.tiny_model import write_tiny_flux
 from refcustom.train.trainer import Trainer
 
 pytestmark = pytest.mark.tier2
@@ -24,8 +23,7 @@ pytestmark = pytest.mark.tier2
 
 @pytest.fixture
 def trained(tmp_path, tiny_flux, models_dir):
-    folder = write_tiny_flux(tmp_path / "tiny-flux")
-    to_diffusers(tiny_flux).save_pretrained(folder / "transformer")  # the trainer's base = ComfyUI's tiny FLUX
+    folder = diffusers_flux_folder(tmp_path / "tiny-flux", tiny_flux)  # the trainer's base = ComfyUI's tiny FLUX
     data = write_shapes_dataset(tmp_path / "shapes", count=6, seed=1)
     config = config_from_dict({
         "mode": "dreamo", "output_dir": str(tmp_path / "run"), "seed": 5,
