@@ -135,12 +135,18 @@ TURBO_NOTE = f"""loras/{TURBO}
 """
 
 
-def dreamo_base(g: Graph, turbo: bool = False) -> dict[str, Node]:
-    """Loaders shared by every workflow: FLUX, its text encoders and VAE, DreamO (v1.1 defaults)."""
-    unet = g.add("UNETLoader", "Load FLUX.1-dev", LOADER_COLOR, unet_name=FLUX_UNET, weight_dtype="default")
+def flux_loaders(g: Graph, unet_name: str = FLUX_UNET, title: str = "Load FLUX.1-dev") -> tuple[Node, Node, Node]:
+    """UNETLoader, DualCLIPLoader (T5-XXL + CLIP-L, flux) and VAELoader: the front of every workflow."""
+    unet = g.add("UNETLoader", title, LOADER_COLOR, unet_name=unet_name, weight_dtype="default")
     clip = g.add("DualCLIPLoader", "Load T5-XXL + CLIP-L", LOADER_COLOR,
                  clip_name1=T5, clip_name2=CLIP_L, type="flux", device="default")
     vae = g.add("VAELoader", "Load FLUX VAE", LOADER_COLOR, vae_name=FLUX_VAE)
+    return unet, clip, vae
+
+
+def dreamo_base(g: Graph, turbo: bool = False) -> dict[str, Node]:
+    """Loaders shared by every workflow: FLUX, its text encoders and VAE, DreamO (v1.1 defaults)."""
+    unet, clip, vae = flux_loaders(g)
     dreamo = g.add(
         "RefCustom_DreamOLoader", None, None,
         model=unet[0],
@@ -166,12 +172,12 @@ def add_references(g: Graph, base: dict[str, Node], cond: Out, refs: list[tuple[
 
 
 def ksampler_tail(g: Graph, base: dict[str, Node], positive: Out, steps: int, model: Out | None = None,
-                  guidance: float = GUIDANCE) -> None:
+                  guidance: float = GUIDANCE, batch_size: int = 1) -> None:
     """FluxGuidance (4.5) -> KSampler (cfg 1, empty negative) -> VAEDecode -> SaveImage. model: DreamO's by default."""
     guided = g.add("FluxGuidance", None, None, conditioning=positive, guidance=guidance)
     negative = g.add("CLIPTextEncode", "Negative (empty; unused at cfg 1)", NEGATIVE_COLOR,
                      text="", clip=base["clip"][0])
-    latent = g.add("EmptySD3LatentImage", None, None, width=1024, height=1024, batch_size=1)
+    latent = g.add("EmptySD3LatentImage", None, None, width=1024, height=1024, batch_size=batch_size)
     sampler = g.add("KSampler", None, None, model=model or base["dreamo"][0], seed=SEED, steps=steps, cfg=1.0,
                     sampler_name="euler", scheduler="simple", positive=guided[0], negative=negative[0],
                     latent_image=latent[0], denoise=1.0)
@@ -348,10 +354,7 @@ def wf_kontext_normalized() -> Graph:
         "ComfyUI/input/."
     )
     g = Graph("kontext_normalized_guidance", "FLUX Kontext + SynCD normalized image/text guidance", intro)
-    unet = g.add("UNETLoader", "Load FLUX.1 Kontext", LOADER_COLOR, unet_name=KONTEXT_UNET, weight_dtype="default")
-    clip = g.add("DualCLIPLoader", "Load T5-XXL + CLIP-L", LOADER_COLOR,
-                 clip_name1=T5, clip_name2=CLIP_L, type="flux", device="default")
-    vae = g.add("VAELoader", "Load FLUX VAE", LOADER_COLOR, vae_name=FLUX_VAE)
+    unet, clip, vae = flux_loaders(g, KONTEXT_UNET, "Load FLUX.1 Kontext")
     prompt = g.add("CLIPTextEncode", "Instruction", POSITIVE_COLOR, clip=clip[0],
                    text="put the toy on a sunny beach, keep its colours and shape")
     image = g.add("LoadImage", "Image to edit", None, image="refcustom_subject.png")
@@ -378,10 +381,7 @@ def wf_consistent_batch() -> Graph:
         f"Files: diffusion_models/{FLUX_UNET}, text_encoders/{T5}, text_encoders/{CLIP_L}, vae/{FLUX_VAE}."
     )
     g = Graph("syncd_consistent_batch", "SynCD Masked Shared Attention: a consistent batch of 4", intro)
-    unet = g.add("UNETLoader", "Load FLUX.1-dev", LOADER_COLOR, unet_name=FLUX_UNET, weight_dtype="default")
-    clip = g.add("DualCLIPLoader", "Load T5-XXL + CLIP-L", LOADER_COLOR,
-                 clip_name1=T5, clip_name2=CLIP_L, type="flux", device="default")
-    vae = g.add("VAELoader", "Load FLUX VAE", LOADER_COLOR, vae_name=FLUX_VAE)
+    unet, clip, vae = flux_loaders(g)
     background = g.add("SolidMask", "Mask: background", None, value=0.0, width=1024, height=1024)
     box = g.add("SolidMask", "Mask: subject box", None, value=1.0, width=512, height=640)
     mask = g.add("MaskComposite", "Centred subject box", None, destination=background[0], source=box[0], x=256, y=192,
@@ -393,13 +393,7 @@ def wf_consistent_batch() -> Graph:
                    full_shared_steps=1, patch_negative=False)
     prompt = g.add("CLIPTextEncode", "Prompt", POSITIVE_COLOR, clip=clip[0],
                    text="a plush toy rabbit with a red scarf sitting in a sunny garden, photo")
-    guided = g.add("FluxGuidance", None, None, conditioning=prompt[0], guidance=3.5)
-    negative = g.add("CLIPTextEncode", "Negative (empty; unused at cfg 1)", NEGATIVE_COLOR, clip=clip[0], text="")
-    latent = g.add("EmptySD3LatentImage", None, None, width=1024, height=1024, batch_size=4)
-    sampler = g.add("KSampler", None, None, model=shared[0], seed=SEED, steps=20, cfg=1.0, sampler_name="euler",
-                    scheduler="simple", positive=guided[0], negative=negative[0], latent_image=latent[0], denoise=1.0)
-    decode = g.add("VAEDecode", None, None, samples=sampler[0], vae=vae[0])
-    g.add("SaveImage", None, None, images=decode[0], filename_prefix="refcustom/syncd_consistent_batch")
+    ksampler_tail(g, {"clip": clip, "vae": vae}, prompt[0], 20, model=shared[0], guidance=3.5, batch_size=4)
     return g
 
 
@@ -415,22 +409,13 @@ def wf_shared_reference() -> Graph:
         "Input image: copy custom_nodes/refcustom/workflows/inputs/* into ComfyUI/input/."
     )
     g = Graph("syncd_reference", "SynCD shared-attention reference mode (batch of 2)", intro)
-    unet = g.add("UNETLoader", "Load FLUX.1-dev", LOADER_COLOR, unet_name=FLUX_UNET, weight_dtype="default")
-    clip = g.add("DualCLIPLoader", "Load T5-XXL + CLIP-L", LOADER_COLOR,
-                 clip_name1=T5, clip_name2=CLIP_L, type="flux", device="default")
-    vae = g.add("VAELoader", "Load FLUX VAE", LOADER_COLOR, vae_name=FLUX_VAE)
+    unet, clip, vae = flux_loaders(g)
     image = g.add("LoadImage", "Reference image", None, image="refcustom_subject.png")
     shared = g.add("RefCustom_SharedAttentionReference", None, None, model=unet[0], vae=vae[0], reference=image[0],
                    dilation=9, full_shared_steps=1, patch_negative=False, noise_seed=0)
     prompt = g.add("CLIPTextEncode", "Prompt", POSITIVE_COLOR, clip=clip[0],
                    text="a toy robot standing on a sunny beach, photo")
-    guided = g.add("FluxGuidance", None, None, conditioning=prompt[0], guidance=3.5)
-    negative = g.add("CLIPTextEncode", "Negative (empty; unused at cfg 1)", NEGATIVE_COLOR, clip=clip[0], text="")
-    latent = g.add("EmptySD3LatentImage", None, None, width=1024, height=1024, batch_size=2)
-    sampler = g.add("KSampler", None, None, model=shared[0], seed=SEED, steps=20, cfg=1.0, sampler_name="euler",
-                    scheduler="simple", positive=guided[0], negative=negative[0], latent_image=latent[0], denoise=1.0)
-    decode = g.add("VAEDecode", None, None, samples=sampler[0], vae=vae[0])
-    g.add("SaveImage", None, None, images=decode[0], filename_prefix="refcustom/syncd_reference")
+    ksampler_tail(g, {"clip": clip, "vae": vae}, prompt[0], 20, model=shared[0], guidance=3.5, batch_size=2)
     return g
 
 
@@ -464,10 +449,7 @@ Reference image: copy custom_nodes/refcustom/workflows/inputs/* into ComfyUI/inp
 
 def aligngen_front(g: Graph) -> dict[str, Node]:
     """FLUX loaders, Load AlignGen, Redux + SigLIP, the reference and AlignGen Conditioning."""
-    unet = g.add("UNETLoader", "Load FLUX.1-dev", LOADER_COLOR, unet_name=FLUX_UNET, weight_dtype="default")
-    clip = g.add("DualCLIPLoader", "Load T5-XXL + CLIP-L", LOADER_COLOR,
-                 clip_name1=T5, clip_name2=CLIP_L, type="flux", device="default")
-    vae = g.add("VAELoader", "Load FLUX VAE", LOADER_COLOR, vae_name=FLUX_VAE)
+    unet, clip, vae = flux_loaders(g)
     aligngen = g.add("RefCustom_AlignGenLoader", None, None, model=unet[0], aligngen_file=ALIGNGEN, lora_strength=1.0)
     redux = g.add("StyleModelLoader", "Load FLUX.1 Redux", LOADER_COLOR, style_model_name=REDUX)
     siglip = g.add("CLIPVisionLoader", "Load SigLIP vision", LOADER_COLOR, clip_name=SIGCLIP)
