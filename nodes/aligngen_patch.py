@@ -89,10 +89,8 @@ def _reference_lora_class(base: type) -> type:
                 return y
             down, up = self._reference_lora_weights(x.device, x.dtype)
             delta = torch.nn.functional.linear(torch.nn.functional.linear(x[:, -n:], down), up)
-            rows = up.shape[0]
-            tail = y[:, -n:]
-            tail = torch.cat([tail[..., :rows] + delta.to(y.dtype), tail[..., rows:]], dim=-1)
-            return torch.cat([y[:, :-n], tail], dim=1)
+            y[:, -n:, :up.shape[0]] += delta.to(y.dtype)  # y is this call's fresh output: add in place
+            return y
 
         def _reference_lora_weights(self, device, dtype):
             key = (device, dtype)
@@ -128,7 +126,7 @@ class SelectiveAttentionOverride:
     see the reference keys. Everything else is the original attention (chained to a previous override)."""
 
     def __init__(self, concept: torch.Tensor, reference_span: tuple[int, int], previous=None):
-        self.concept = concept
+        self.blocked = ~concept
         self.text_tokens = concept.shape[1]
         self.reference_span = reference_span
         self.previous = previous
@@ -146,10 +144,12 @@ class SelectiveAttentionOverride:
             raise ValueError("AlignGen's selective attention cannot combine with an attention mask on the same model "
                              "(e.g. Redux with strength_type 'attn_bias'); use strength_type 'multiply'.")
         text = self.text_tokens
-        keep = torch.cat([torch.arange(0, start), torch.arange(end, k.shape[2])]).to(k.device)
-        text_out = self._original(func, q[:, :, :text], k[:, :, keep], v[:, :, keep], heads, *args, mask=None,
+        # The reference span ends the joint sequence (q.shape[2] == end above): the keys without it are a view.
+        text_out = self._original(func, q[:, :, :text], k[:, :, :start], v[:, :, :start], heads, *args, mask=None,
                                   skip_reshape=True, skip_output_reshape=False, **kwargs)
-        blocked = ~self.concept.to(out.device)
+        if self.blocked.device != out.device:  # moved once per pass, not once per block
+            self.blocked = self.blocked.to(out.device)
+        blocked = self.blocked
         text_rows = torch.where(blocked[:, :, None], text_out.to(out.dtype), out[:, :text])
         return torch.cat([text_rows, out[:, text:]], dim=1)
 
