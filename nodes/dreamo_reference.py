@@ -9,6 +9,7 @@ from ..model.dreamo_conditioning import MAX_REFERENCES, DreamOReference, DreamOR
 from ..model.reference_preprocess import TASKS, prepare_reference
 from .conditioning_edit import with_diagonal_reference
 from .dreamo_patch import DREAMO_COND_KEY
+from .vae_progress import encode_with_progress
 
 
 def dreamo_references_of(cond: dict) -> DreamOReferenceSet:
@@ -74,7 +75,7 @@ class DreamOReferenceNode(io.ComfyNode):
     @classmethod
     def execute(cls, conditioning, vae, image, task, ref_res, index, mask=None) -> io.NodeOutput:
         prepared = prepare_reference(image, task, ref_res, mask)
-        latent = vae.encode(prepared)
+        latent = encode_with_progress(vae, prepared)
         if not bool(latent.isfinite().all()):
             raise RuntimeError(
                 "the VAE returned NaN/inf for this reference image. Use the FLUX VAE (ae.safetensors); if it runs in "

@@ -61,7 +61,7 @@ class NormalizedGuidanceGuiderNode(io.ComfyNode):
                 "(DreamO, ReferenceLatent/Kontext, Redux). SynCD, section 4.3."
             ),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The FLUX model to sample (after Load DreamO / Load AlignGen or LoRAs, if any)."),
                 io.Conditioning.Input("positive", tooltip="References + prompt."),
                 io.Conditioning.Input("image_only", tooltip="References + neutral prompt (see Guidance Branches)."),
                 io.Conditioning.Input("negative", tooltip="No references, neutral prompt."),

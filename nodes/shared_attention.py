@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from .dreamo_loader import require_flux
 from .shared_attention_patch import SHARED_ATTENTION_KEY, SharedAttentionSettings, SharedAttentionWrapper
+from .vae_progress import encode_with_progress
 
 
 def with_shared_attention(model, settings: SharedAttentionSettings):
@@ -59,7 +60,7 @@ class MaskedSharedAttentionNode(io.ComfyNode):
                 "Works on any FLUX-family model, with DreamO references and batch 2..4+."
             ),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The FLUX-family model whose batch should share attention."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="One subject mask per image of the batch (1 = the shared object), any pixel size; "
                                       "area-downsampled to the 16 px token grid. Without it, give clip, prompt and "
@@ -117,7 +118,7 @@ class SharedAttentionReferenceNode(io.ComfyNode):
                 "attend to the references' foreground tokens. Any FLUX-family model; combines with DreamO references."
             ),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The FLUX-family model to sample with; the references run through it too."),
                 io.Vae.Input("vae", tooltip="The VAE of this model (encodes the references)."),
                 io.Image.Input("reference", tooltip="One or more reference images (a batch); resized to the latent size."),
                 io.Mask.Input("reference_mask", optional=True,
@@ -143,7 +144,7 @@ class SharedAttentionReferenceNode(io.ComfyNode):
         require_flux(model, "Masked Shared Attention")
         if dilation % 2 == 0:
             raise ValueError(f"dilation must be odd (a centred square), got {dilation}")
-        latents = model.model.process_latent_in(vae.encode(reference[..., :3]).float()).cpu()
+        latents = model.model.process_latent_in(encode_with_progress(vae, reference[..., :3]).float()).cpu()
         masks = None
         if reference_mask is not None:
             masks = (reference_mask if reference_mask.ndim == 3 else reference_mask.unsqueeze(0)).float().cpu()

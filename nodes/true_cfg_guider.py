@@ -64,7 +64,7 @@ class TrueCFGGuiderNode(io.ComfyNode):
                 "cfg 1 runs the positive only."
             ),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The FLUX model with DreamO loaded (Load DreamO (FLUX))."),
                 io.Conditioning.Input("positive", tooltip="Prompt with DreamO references."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt; any references on it are removed."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,

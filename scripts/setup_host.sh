@@ -11,6 +11,7 @@
 #    requirements.txt, then this pack's requirements.txt, pytest, transformers and sentencepiece.
 # 3. Install this pack's requirements into that venv if `import diffusers, peft, safetensors, einops,
 #    kornia, accelerate` fails (and pytest if it is missing), keeping the venv's torch as it is.
+# 3b. Install the tier-2 test tools (websocket-client, playwright) and, as root with apt-get, Debian's chromium.
 # 4. Link this repository as <host>/custom_nodes/refcustom unless a link to it is already there.
 # Progress goes to stderr; the last line on stdout is the host's path.
 set -euo pipefail
@@ -110,6 +111,27 @@ if ! "$PY" -c "import pytest" >/dev/null 2>&1; then
   PINS="$(pin_torch)"
   "$PY" -m pip install -q -c "$PINS" pytest
   rm -f "$PINS"
+fi
+
+# ---- 3b. tier-2 test tools: the headless API example's client and the browser test's driver ----
+# websocket-client: scripts/api_example.py follows progress over ComfyUI's WebSocket (as ComfyUI's own
+# script_examples do). playwright: the Python driver (its wheel carries the driver, not a browser; the
+# browser test uses Debian's /usr/bin/chromium, so `playwright install` is never run).
+if ! "$PY" -c "import websocket, playwright" >/dev/null 2>&1; then
+  PINS="$(pin_torch)"
+  "$PY" -m pip install -q -c "$PINS" websocket-client playwright || say "could not install websocket-client/playwright"
+  rm -f "$PINS"
+fi
+# Chromium for the browser test (tests/server/test_browser_canvas.py skips with a reason without it).
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${REFCUSTOM_CHROMIUM:-}" ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian's chromium for the browser test"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } \
+      || say "could not install chromium; the browser test will be skipped"
+  else
+    say "no chromium and no root apt-get: the browser test will be skipped (install Debian's chromium)"
+  fi
 fi
 
 # ---- 4. the pack in custom_nodes/ ----

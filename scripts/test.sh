@@ -35,7 +35,7 @@ if [ -n "$HOST" ]; then
   PY="$("$PY3" tests/comfy_host.py --python)"
   TIERS="TIERS RUN: 1 (no ComfyUI) + 2 (ComfyUI host at $HOST)"
   TEST_FILES=$(count_tests tests/model tests/train tests/nodes tests/server)
-  PYTEST_ARGS=(tests -q -p no:cacheprovider)
+  PYTEST_ARGS=(tests -q -rs -p no:cacheprovider)
 else
   TIERS="TIERS RUN: 1 only (no ComfyUI host found; set COMFYUI_PATH or run scripts/setup_host.sh)"
   PY="$REPO/.venv/bin/python"
@@ -54,7 +54,7 @@ else
     rm -f "$PINS"
   fi
   TEST_FILES=$(count_tests tests/model tests/train)
-  PYTEST_ARGS=(tests -q -p no:cacheprovider -m "not tier2")
+  PYTEST_ARGS=(tests -q -rs -p no:cacheprovider -m "not tier2")
 fi
 
 echo "$TIERS"

@@ -36,3 +36,28 @@ def test_aligngen_nodes_tick_to_completion(tiny_flux, tiny_clip, tiny_vae, model
     AlignGenConditioningNode.execute(tiny_clip, weights, "a red guitar", "red guitar", style_model, vision, tiny_vae,
                                      torch.rand(1, 64, 64, 3), 64)
     assert ticks == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_dreamo_reference_ticks_once_per_image_and_encodes_like_one_batch(tiny_flux, tiny_clip, tiny_vae, ticks):
+    from refcustom.model.reference_preprocess import prepare_reference
+    from refcustom.nodes.dreamo_reference import DreamOReferenceNode, dreamo_references_of
+
+    images = torch.rand(3, 64, 48, 3, generator=torch.Generator().manual_seed(0))
+    prompt = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize("a toy"))
+    positive, prepared = DreamOReferenceNode.execute(prompt, tiny_vae, images, "ip", 64, 0, None).args
+    assert ticks == [(1, 3), (2, 3), (3, 3)]
+    [(_, cond)] = positive
+    slot = dreamo_references_of(cond).references[0].slot
+    latent = cond["reference_latents"][slot]
+    assert latent.shape[0] == 3
+    # The same latents as ComfyUI's own batched encode (float32 batching noise only).
+    torch.testing.assert_close(latent, tiny_vae.encode(prepare_reference(images, "ip", 64)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(prepared, prepare_reference(images, "ip", 64))
+
+
+def test_shared_attention_reference_ticks_once_per_reference_image(tiny_flux, tiny_vae, ticks):
+    from refcustom.nodes.shared_attention import SharedAttentionReferenceNode
+
+    references = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    SharedAttentionReferenceNode.execute(tiny_flux, tiny_vae, references, 1, 1, False, 3)
+    assert ticks == [(1, 2), (2, 2)]
