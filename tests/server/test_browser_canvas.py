@@ -168,3 +168,14 @@ def test_node_library_shows_one_category_with_descriptions_and_tooltips(canvas):
     canvas.page.wait_for_timeout(300)
     canvas.screenshot("node_library")
     canvas.page.get_by_role("button", name="Node Library (n)").click()
+
+
+def test_without_chromium_the_reason_names_the_fix(monkeypatch):
+    from . import browser
+
+    monkeypatch.delenv(browser.CHROMIUM_ENV, raising=False)
+    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    executable, why = browser.find_chromium()
+    assert executable is None and "install Debian's chromium" in why and browser.CHROMIUM_ENV in why
+    monkeypatch.setenv(browser.CHROMIUM_ENV, "/bin/sh")  # any executable file is taken as given
+    assert browser.find_chromium() == ("/bin/sh", "")
