@@ -181,6 +181,26 @@ def assert_sampler_progress(events, graph):
         assert steps and steps[-1] == (STEPS, STEPS) and all(m == STEPS for _, m in steps), (sampler, steps)
 
 
+# Our nodes that tick ComfyUI's progress bar (issue 8 point 5): what the page's node bar and the
+# WebSocket's `progress` messages show while they work.
+PROGRESS_NODES = {"RefCustom_DreamOLoader", "RefCustom_DreamOReference", "RefCustom_AlignGenLoader",
+                  "RefCustom_AlignGenConditioning", "RefCustom_SharedAttentionReference"}
+
+
+def assert_our_progress(events, graph):
+    """Each of our progress-reporting nodes that ran (not cached) sent progress over the WebSocket up to
+    its total. Returns how many such nodes ran."""
+    ran = {e["data"]["node"] for e in events if e["type"] == "executing" and e["data"].get("node")}
+    checked = 0
+    for node_id, node in graph.items():
+        if node["class_type"] in PROGRESS_NODES and node_id in ran:
+            ticks = [(e["data"]["value"], e["data"]["max"]) for e in events
+                     if e["type"] == "progress" and e["data"]["node"] == node_id]
+            assert ticks and ticks[-1][0] == ticks[-1][1], (node_id, node["class_type"], ticks)
+            checked += 1
+    return checked
+
+
 def assert_pngs(images, graph):
     """One PNG per latent of the batch, of the shrunk latent size."""
     from PIL import Image
@@ -231,6 +251,9 @@ def test_api_workflow_runs_headless_and_a_bad_input_is_our_node_error(comfy_serv
     prompt_id, events = api.run(server, graph, on_progress=seen.append, timeout=300)
     assert seen == events
     assert_sampler_progress(events, graph)
+    # The reference node reruns (a new upload); cached loaders send nothing, which is right.
+    if any(v["class_type"] in PROGRESS_NODES for v in graph.values()) and reference is not None:
+        assert assert_our_progress(events, graph) >= 1, [e for e in events if e["type"] == "executing"]
     queued = api.get_history(server, prompt_id)["prompt"][2]
     assert queued[prompt_node]["inputs"]["text"] == text
     if reference is not None:
