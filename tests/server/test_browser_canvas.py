@@ -4,7 +4,7 @@ For every shipped workflow: drop workflows/<name>.json on the canvas, check that
 is red and no dialog (missing nodes, missing models, errors) opened, press Run (the prompt is switched to
 the tiny fixture models on its way to the server, see tests/server/browser.py) and wait until the output
 node shows this run's image; then drop workflows/example_outputs/<name>.png and check the same graph comes
-back. Also: the template browser lists every workflow with its thumbnail and loads one on click, and the
+back and runs. Also: the template browser lists every workflow with its thumbnail and loads one on click, and the
 node library shows the pack under one category with descriptions and input tooltips.
 
 Screenshots go to $REFCUSTOM_TEST_OUTPUT/browser (default: out/test-output/browser in this checkout).
@@ -120,11 +120,16 @@ def test_workflow_json_dropped_on_the_canvas_runs_and_shows_its_image(canvas, na
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_example_png_dropped_on_the_canvas_restores_the_workflow(canvas, name):
+def test_example_png_dropped_on_the_canvas_restores_the_workflow_and_runs(canvas, name):
     png = WORKFLOWS / "example_outputs" / f"{name}.png"
     canvas.drop_file(png, "image/png", len(ui_workflow(name)["nodes"]))
     assert_graph_is_the_workflow(canvas, name, png.name)
     canvas.screenshot(f"{name}_from_png")
+    # The graph from the PNG queues and shows its image too. Its prompt equals the JSON run's, so ComfyUI
+    # may answer from its cache; the 'executed' message and the drawn image are still this run's.
+    canvas.run_and_wait_for_images()
+    assert not canvas.visible_dialogs(), canvas.visible_dialogs()
+    canvas.screenshot(f"{name}_from_png_output")
 
 
 def test_template_browser_lists_every_workflow_with_its_thumbnail_and_loads_one(canvas):
