@@ -19,29 +19,20 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
-from refcustom.tests.comfy_host import REPO_ROOT, find_comfyui, host_python
+from refcustom.tests.comfy_host import find_comfyui, host_python
+
+from .scripts import load_script
 
 HERE = Path(__file__).resolve().parent
 
 COMFY_ROOT = find_comfyui()
 NO_HOST = "tier 2 server tests skipped: no ComfyUI host (set COMFYUI_PATH or run scripts/setup_host.sh)"
 DREAMO_FILE_IN_LORAS = "dreamo.safetensors"  # models/loras/<this>: a DreamO file where Load AlignGen looks too
-
-
-def load_headless():
-    name = "refcustom_headless"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / "headless.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -52,7 +43,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def headless():
-    return load_headless()
+    return load_script("headless.py")
 
 
 @pytest.fixture(scope="session")

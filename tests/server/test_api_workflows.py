@@ -5,14 +5,14 @@ same server runs the good graph again (tier 2, headless server, tiny fixture mod
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 
 import pytest
 
 from refcustom.tests.comfy_host import REPO_ROOT
+
+from .scripts import load_script
 
 pytestmark = pytest.mark.tier2
 
@@ -24,17 +24,7 @@ SEED = 1234
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def load_api_example():
-    name = "refcustom_api_example"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / "api_example.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-api = load_api_example()
+api = load_script("api_example.py")
 
 
 def cheap_graph(headless, workflow):

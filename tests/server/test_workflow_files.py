@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,16 +16,14 @@ import pytest
 
 from refcustom.tests.comfy_host import REPO_ROOT
 
+from .scripts import load_script
+
 WORKFLOWS = REPO_ROOT / "workflows"
 NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
 
 
 def example_outputs_module():
-    spec = importlib.util.spec_from_file_location("refcustom_build_example_outputs",
-                                                  REPO_ROOT / "scripts" / "build_example_outputs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("build_example_outputs.py")
 
 
 def test_every_api_workflow_has_a_ui_twin_and_a_thumbnail():
