@@ -25,6 +25,7 @@ from .aligngen_loader import AlignGenWeightsType
 from .aligngen_patch import ALIGNGEN_COND_KEY, AlignGenCond, AlignGenConditioning
 from .conditioning_edit import with_diagonal_reference
 from .dreamo_text import T5_KEY, _strip_end, _t5_width
+from .reference_encoding import require_finite_latent
 
 
 def _t5_piece(clip, text: str, tokenizer) -> list:
@@ -138,8 +139,6 @@ class AlignGenConditioningNode(io.ComfyNode):
                              f"{aligngen.dem.config['redux_dim']}: load FLUX.1 Redux (flux1-redux-dev) as style_model.")
         conditioning = apply_dem(conditioning, aligngen.dem, start, end, redux)
         progress.update(1)
-        latent = vae.encode(prepare_reference(image, "ip", ref_res, mask))
-        if not bool(latent.isfinite().all()):
-            raise RuntimeError("the VAE returned NaN/inf for the reference; use the FLUX VAE (--fp32-vae if in fp16).")
+        latent = require_finite_latent(vae.encode(prepare_reference(image, "ip", ref_res, mask)))
         progress.update(1)
         return io.NodeOutput(with_aligngen_reference(conditioning, latent, start, end))

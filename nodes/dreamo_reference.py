@@ -9,7 +9,7 @@ from ..model.dreamo_conditioning import MAX_REFERENCES, DreamOReference, DreamOR
 from ..model.reference_preprocess import TASKS, prepare_reference
 from .conditioning_edit import with_diagonal_reference
 from .dreamo_patch import DREAMO_COND_KEY
-from .vae_progress import encode_with_progress
+from .reference_encoding import encode_with_progress, require_finite_latent
 
 
 def dreamo_references_of(cond: dict) -> DreamOReferenceSet:
@@ -75,10 +75,5 @@ class DreamOReferenceNode(io.ComfyNode):
     @classmethod
     def execute(cls, conditioning, vae, image, task, ref_res, index, mask=None) -> io.NodeOutput:
         prepared = prepare_reference(image, task, ref_res, mask)
-        latent = encode_with_progress(vae, prepared)
-        if not bool(latent.isfinite().all()):
-            raise RuntimeError(
-                "the VAE returned NaN/inf for this reference image. Use the FLUX VAE (ae.safetensors); if it runs in "
-                "fp16, start ComfyUI with --fp32-vae or --bf16-vae."
-            )
+        latent = require_finite_latent(encode_with_progress(vae, prepared))
         return io.NodeOutput(with_dreamo_reference(conditioning, latent, index), prepared)

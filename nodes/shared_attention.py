@@ -6,8 +6,8 @@ import comfy.patcher_extension
 from comfy_api.latest import io
 
 from .dreamo_loader import require_flux
+from .reference_encoding import encode_with_progress
 from .shared_attention_patch import SHARED_ATTENTION_KEY, SharedAttentionSettings, SharedAttentionWrapper
-from .vae_progress import encode_with_progress
 
 
 def with_shared_attention(model, settings: SharedAttentionSettings):

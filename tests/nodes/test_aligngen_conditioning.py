@@ -99,3 +99,26 @@ def test_errors_name_the_fix(tiny_clip, tiny_vae, aligngen, redux):
     wide = AlignGenWeights(torch.randn(48), DeviationExtractionModule(48, 32, heads=2), (), 1.0, "S*", Path("x"))
     with pytest.raises(ValueError, match="wide"):
         run(tiny_clip, tiny_vae, wide, redux, "a red guitar")
+
+
+class OverflowingVAE:
+    """Stands in for an fp16 VAE that overflows: the tiny VAE's latents with one NaN."""
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    def encode(self, pixels):
+        latent = self.vae.encode(pixels).clone()
+        latent[0, 0, 0, 0] = float("nan")
+        return latent
+
+
+def test_a_vae_returning_nan_is_an_error_naming_the_fix_in_both_reference_nodes(tiny_clip, tiny_vae, aligngen, redux):
+    from refcustom.nodes.dreamo_reference import DreamOReferenceNode
+
+    expected = r"the VAE returned NaN/inf for this reference image.*--fp32-vae or --bf16-vae"
+    with pytest.raises(RuntimeError, match=expected):
+        run(tiny_clip, OverflowingVAE(tiny_vae), aligngen, redux, "a red guitar")
+    prompt = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize("a toy"))
+    with pytest.raises(RuntimeError, match=expected):
+        DreamOReferenceNode.execute(prompt, OverflowingVAE(tiny_vae), torch.rand(2, 64, 64, 3), "ip", 64, 0, None)
