@@ -10,14 +10,12 @@ import json
 
 import pytest
 
-from refcustom.tests.comfy_host import REPO_ROOT
-
 from .scripts import load_script
+from .shipped_workflows import API_WORKFLOWS, WORKFLOWS
 
 pytestmark = pytest.mark.tier2
 
-API_WORKFLOWS = sorted((REPO_ROOT / "workflows" / "api").glob("*.json"))
-INPUTS = REPO_ROOT / "workflows" / "inputs"
+INPUTS = WORKFLOWS / "inputs"
 SAMPLERS = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced")
 STEPS = 2
 SEED = 1234
@@ -270,7 +268,7 @@ def test_api_workflow_runs_headless_and_a_bad_input_is_our_node_error(comfy_serv
 
 
 def test_the_seed_changes_the_image(comfy_server, headless):
-    graph = cheap_graph(headless, REPO_ROOT / "workflows" / "api" / "dreamo_ip.json")
+    graph = cheap_graph(headless, WORKFLOWS / "api" / "dreamo_ip.json")
     runs = []
     for seed in (1, 2):
         api.set_seed(graph, seed)
@@ -280,7 +278,7 @@ def test_the_seed_changes_the_image(comfy_server, headless):
 
 
 def test_a_graph_that_fails_validation_is_rejected_with_comfyui_node_errors(comfy_server, headless):
-    graph = cheap_graph(headless, REPO_ROOT / "workflows" / "api" / "dreamo_ip.json")
+    graph = cheap_graph(headless, WORKFLOWS / "api" / "dreamo_ip.json")
     loader = api.set_reference(graph, "api_test_never_uploaded.png", 1)
     with pytest.raises(api.PromptRejected) as failure:
         api.run(comfy_server.url, graph, timeout=60)

@@ -23,11 +23,10 @@ import pytest
 from refcustom.tests.comfy_host import REPO_ROOT
 
 from .browser import Canvas, find_chromium
+from .shipped_workflows import NAMES, WORKFLOWS
 
 pytestmark = pytest.mark.tier2
 
-WORKFLOWS = REPO_ROOT / "workflows"
-NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
 SCREENSHOTS = Path(os.environ.get("REFCUSTOM_TEST_OUTPUT", REPO_ROOT / "out" / "test-output")) / "browser"
 FIXTURE_PREFIX = "RefCustomTest_"
 

@@ -12,11 +12,10 @@ import pytest
 
 from refcustom.tests.comfy_host import REPO_ROOT
 
+from .shipped_workflows import API_WORKFLOWS, UI_WORKFLOWS
+
 pytestmark = pytest.mark.tier2
 
-WORKFLOWS = REPO_ROOT / "workflows"
-API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
-UI_WORKFLOWS = sorted(WORKFLOWS.glob("*.json"))
 FIXTURE_NODES = {"RefCustomTest_TinyFluxLoader", "RefCustomTest_TinyCLIPLoader", "RefCustomTest_TinyVAELoader",
                  "RefCustomTest_TinyNonFluxLoader", "RefCustomTest_TinyReduxLoader",
                  "RefCustomTest_TinyCLIPVisionLoader"}

@@ -17,9 +17,7 @@ import pytest
 from refcustom.tests.comfy_host import REPO_ROOT
 
 from .scripts import load_script
-
-WORKFLOWS = REPO_ROOT / "workflows"
-NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
+from .shipped_workflows import NAMES, WORKFLOWS
 
 
 def example_outputs_module():
