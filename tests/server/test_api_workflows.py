@@ -54,7 +54,8 @@ def plain_image(width, height):
 def aligngen_dreamo_file_as_aligngen_file(graph, upload):
     # tests/server/conftest.py puts dreamo.safetensors in models/loras/ too, which Load AlignGen lists.
     graph[node_of(graph, "RefCustom_AlignGenLoader")]["inputs"]["aligngen_file"] = "dreamo.safetensors"
-    return "RefCustom_AlignGenLoader", ["dreamo.safetensors is not an AlignGen file", "load it with Load DreamO (FLUX)"]
+    return "RefCustom_AlignGenLoader", ["dreamo.safetensors is not an AlignGen file",
+                                        "It is a DreamO file: load it with Load DreamO (FLUX)"]
 
 
 def aligngen_prompt_without_concept(graph, upload):
