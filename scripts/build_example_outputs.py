@@ -63,9 +63,9 @@ def with_workflow(png: bytes, name: str) -> bytes:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    info = PngInfo()
-    for key, value in (("prompt", expected_chunks(name)["prompt"]), ("workflow", expected_chunks(name)["workflow"])):
-        info.add_text(key, json.dumps(value))
+    chunks, info = expected_chunks(name), PngInfo()
+    for key in ("prompt", "workflow"):  # SaveImage's order
+        info.add_text(key, json.dumps(chunks[key]))
     out = io.BytesIO()
     with Image.open(io.BytesIO(png)) as image:
         image.save(out, format="PNG", pnginfo=info, compress_level=9)
