@@ -28,29 +28,107 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class DeviationExtractionModule(nn.Module):
-    """c' = c + SelfAttn(c); c' = c' + CrossAttn(c', redux); c' = c' + MLP(c'), each sublayer pre-norm."""
+class DEMAttention(nn.Module):
+    """Multi-head attention of `dim`-wide queries over `kv_dim`-wide keys/values, as nn.MultiheadAttention
+    computes it (biased q/k/v/out projections, softmax(q k^T / sqrt(d)) v), but built from leaf Linears.
 
-    def __init__(self, text_dim: int, redux_dim: int, heads: int, mlp_ratio: float = 4.0):
+    Leaf Linears matter under ComfyUI: its loader moves, casts and offloads weights module by module and
+    skips a module whose parameters sit in children too (nn.MultiheadAttention keeps `in_proj_weight` beside
+    its `out_proj` child, so a partial load would leave it behind). `operations` supplies Linear (torch.nn,
+    or ComfyUI's comfy.ops.manual_cast for weights cast per forward).
+    """
+
+    def __init__(self, dim: int, kv_dim: int, heads: int, operations=nn, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.heads = heads
+        self.to_q = operations.Linear(dim, dim, **factory)
+        self.to_k = operations.Linear(kv_dim, dim, **factory)
+        self.to_v = operations.Linear(kv_dim, dim, **factory)
+        self.to_out = operations.Linear(dim, dim, **factory)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x [B, N, dim], context [B, M, kv_dim] -> [B, N, dim]."""
+        def heads(t):  # [B, L, H d] -> [B, H, L, d]
+            return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(heads(self.to_q(x)), heads(self.to_k(context)), heads(self.to_v(context)))
+        return self.to_out(out.transpose(1, 2).flatten(-2))
+
+
+def dem_state_dict_from_multihead(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A DEM state dict in the current layout, from either layout.
+
+    Files exported before the DEM had leaf Linears (format version 1) hold nn.MultiheadAttention's keys:
+    `self_attn.in_proj_weight` [3E, E] (q|k|v packed), `cross_attn.{q,k,v}_proj_weight` (kdim != E), the
+    packed `in_proj_bias` [3E] and `out_proj.{weight,bias}`. They become `to_q/to_k/to_v/to_out` Linears,
+    the same numbers. A state dict in the current layout comes back unchanged.
+    """
+    out = dict(state_dict)
+    for attn in ("self_attn", "cross_attn"):
+        packed = out.pop(f"{attn}.in_proj_weight", None)
+        weights = packed.chunk(3) if packed is not None else [out.pop(f"{attn}.{n}_proj_weight", None) for n in "qkv"]
+        bias = out.pop(f"{attn}.in_proj_bias", None)
+        biases = bias.chunk(3) if bias is not None else [None] * 3
+        for name, weight, b in zip(("to_q", "to_k", "to_v"), weights, biases, strict=True):
+            if weight is not None:
+                out[f"{attn}.{name}.weight"] = weight
+            if b is not None:
+                out[f"{attn}.{name}.bias"] = b
+        for part in ("weight", "bias"):
+            value = out.pop(f"{attn}.out_proj.{part}", None)
+            if value is not None:
+                out[f"{attn}.to_out.{part}"] = value
+    return out
+
+
+class DeviationExtractionModule(nn.Module):
+    """c' = c + SelfAttn(c); c' = c' + CrossAttn(c', redux); c' = c' + MLP(c'), each sublayer pre-norm.
+
+    `operations` supplies Linear and LayerNorm (torch.nn by default; ComfyUI passes its manual-cast ops so
+    its model management can offload the ~270M parameters and cast them per forward).
+    """
+
+    def __init__(self, text_dim: int, redux_dim: int, heads: int, mlp_ratio: float = 4.0, operations=nn,
+                 device=None, dtype=None):
         super().__init__()
         if heads < 1 or text_dim % heads:
             raise ValueError(f"text_dim {text_dim} must be divisible by heads {heads}")
         hidden = int(text_dim * mlp_ratio)
         if hidden < 1:
             raise ValueError(f"mlp_ratio {mlp_ratio} gives an empty MLP for text_dim {text_dim}")
+        factory = {"operations": operations, "device": device, "dtype": dtype}
         self.heads, self.mlp_ratio = heads, mlp_ratio
-        self.norm_self = nn.LayerNorm(text_dim)
-        self.self_attn = nn.MultiheadAttention(text_dim, heads, batch_first=True)
-        self.norm_cross = nn.LayerNorm(text_dim)
-        self.norm_redux = nn.LayerNorm(redux_dim)
-        self.cross_attn = nn.MultiheadAttention(text_dim, heads, kdim=redux_dim, vdim=redux_dim, batch_first=True)
-        self.norm_mlp = nn.LayerNorm(text_dim)
-        self.mlp = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, text_dim))
-        # Zero output projections make a fresh DEM the identity (S*' = S*): training starts from the
-        # plain learned token, and the frozen FLUX sees an in-distribution prompt on step one.
-        for layer in (self.self_attn.out_proj, self.cross_attn.out_proj, self.mlp[2]):
+        self.norm_self = operations.LayerNorm(text_dim, device=device, dtype=dtype)
+        self.self_attn = DEMAttention(text_dim, text_dim, heads, **factory)
+        self.norm_cross = operations.LayerNorm(text_dim, device=device, dtype=dtype)
+        self.norm_redux = operations.LayerNorm(redux_dim, device=device, dtype=dtype)
+        self.cross_attn = DEMAttention(text_dim, redux_dim, heads, **factory)
+        self.norm_mlp = operations.LayerNorm(text_dim, device=device, dtype=dtype)
+        self.mlp = nn.Sequential(operations.Linear(text_dim, hidden, device=device, dtype=dtype),
+                                 nn.GELU(approximate="tanh"),
+                                 operations.Linear(hidden, text_dim, device=device, dtype=dtype))
+        if self.norm_self.weight.device.type != "meta":  # from_state_dict builds on meta: nothing to draw
+            self.reset_parameters()
+        self.register_load_state_dict_pre_hook(_accept_multihead_layout)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """nn.MultiheadAttention's initialisation (xavier-uniform projections, zero biases), with the output
+        projections zeroed: a fresh DEM is the identity (S*' = S*), so training starts from the plain learned
+        token and the frozen FLUX sees an in-distribution prompt on step one."""
+        for attn in (self.self_attn, self.cross_attn):
+            for layer in (attn.to_q, attn.to_k, attn.to_v):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        for layer in (self.self_attn.to_out, self.cross_attn.to_out, self.mlp[2]):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    @property
+    def output_layers(self) -> tuple[nn.Module, ...]:
+        """The three zero-initialised projections whose outputs are added to the residual stream."""
+        return self.self_attn.to_out, self.cross_attn.to_out, self.mlp[2]
 
     @property
     def config(self) -> dict:
@@ -58,17 +136,20 @@ class DeviationExtractionModule(nn.Module):
                 "heads": self.heads, "mlp_ratio": self.mlp_ratio}
 
     @classmethod
-    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], heads: int,
-                        mlp_ratio: float = 4.0) -> DeviationExtractionModule:
-        """Rebuild from saved tensors (e.g. a safetensors file); the widths come from the norms' weights."""
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], heads: int, mlp_ratio: float = 4.0,
+                        operations=nn, dtype: torch.dtype | None = None) -> DeviationExtractionModule:
+        """Rebuild from saved tensors (e.g. a safetensors file, either layout); the widths come from the norms'
+        weights. `dtype` casts the tensors (default: as stored); `operations` as in the constructor."""
+        state_dict = dem_state_dict_from_multihead(state_dict)
         for key in ("norm_self.weight", "norm_redux.weight"):
             if key not in state_dict:
                 raise ValueError(f"not a DEM state dict: missing key {key!r}")
         text_dim, redux_dim = state_dict["norm_self.weight"].shape[0], state_dict["norm_redux.weight"].shape[0]
-        with torch.device("meta"):  # no throwaway init of ~270M parameters at FLUX widths
-            module = cls(text_dim, redux_dim, heads, mlp_ratio)
+        module = cls(text_dim, redux_dim, heads, mlp_ratio, operations=operations, device="meta")  # no throwaway init
         _check_state_dict(module.state_dict(), state_dict, "DEM state dict",
                           f"DEM state dict shapes do not match (heads={heads}, mlp_ratio={mlp_ratio})")
+        if dtype is not None:
+            state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
         module.load_state_dict(state_dict, assign=True)
         return module
 
@@ -85,9 +166,15 @@ class DeviationExtractionModule(nn.Module):
         redux = self.norm_redux(redux_tokens.expand(batch, -1, -1))
         c = concept_tokens
         h = self.norm_self(c)
-        c = c + self.self_attn(h, h, h, need_weights=False)[0]
-        c = c + self.cross_attn(self.norm_cross(c), redux, redux, need_weights=False)[0]
+        c = c + self.self_attn(h, h)
+        c = c + self.cross_attn(self.norm_cross(c), redux)
         return c + self.mlp(self.norm_mlp(c))
+
+
+def _accept_multihead_layout(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook: a format-version-1 DEM (nn.MultiheadAttention keys) loads too."""
+    own = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(prefix)}
+    state_dict.update({prefix + k: v for k, v in dem_state_dict_from_multihead(own).items()})
 
 
 def replace_learned_token(text_tokens: torch.Tensor, learned_positions: torch.Tensor,
@@ -181,6 +268,25 @@ class ReferenceOnlyLoRA(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         """What the LoRA adds to base.weight on reference rows: scale * up @ down, [out, in]."""
         return self.scale * self.up.weight @ self.down.weight
+
+
+def add_reference_lora_(output: torch.Tensor, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+                        reference_tokens: int) -> torch.Tensor:
+    """output[..., -n:, :r] += up(down(x[..., -n:, :])), in place; returns output.
+
+    The inference form of ReferenceOnlyLoRA for a Linear that is not wrapped: x [B, L, in] is the Linear's
+    input, output [B, L, out] its fresh result, down [rank, in], up [r, rank] (scale folded in) cover the
+    first r <= out output features (a fused single-block linear1: q|k|v rows only). n = reference_tokens.
+    """
+    n = reference_tokens
+    if n <= 0:
+        return output
+    if n > x.shape[-2] or up.shape[0] > output.shape[-1] or down.shape[1] != x.shape[-1]:
+        raise ValueError(f"a reference LoRA of up {list(up.shape)} x down {list(down.shape)} over the last {n} tokens "
+                         f"does not fit a Linear taking {list(x.shape)} to {list(output.shape)}")
+    delta = F.linear(F.linear(x[..., -n:, :], down), up)
+    output[..., -n:, :up.shape[0]] += delta.to(output.dtype)
+    return output
 
 
 def install_reference_lora(root: nn.Module, target_names: list[str], rank: int,

@@ -3,7 +3,8 @@
 There are no public AlignGen weights: the layout is ours (train/export.py, format version 1):
 
     aligngen.learned_token                      [1, T5 width]   S*'s T5 input embedding
-    aligngen.dem.<DeviationExtractionModule>    the DEM (model/aligngen.py)
+    aligngen.dem.<DeviationExtractionModule>    the DEM (model/aligngen.py; format version 1 files hold its
+                                                attention as nn.MultiheadAttention keys, converted on load)
     aligngen.lora.<module>.lora_down.weight     [r, in]  reference-only LoRA, diffusers module names:
     aligngen.lora.<module>.lora_up.weight       [out, r]   transformer_blocks.i.attn.{to_qkv,to_out.0},
                                                            single_transformer_blocks.i.{attn.to_qkv,proj_out}
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .aligngen import DeviationExtractionModule
 from .weight_files import read_safetensors
@@ -69,8 +71,12 @@ def comfy_target(module: str) -> str:
     return template.format(i=match["i"])
 
 
-def read_aligngen_file(path: str | Path) -> AlignGenWeights:
-    """Read an AlignGen export; raise naming what was expected for anything else."""
+def read_aligngen_file(path: str | Path, operations=nn, dem_dtype: torch.dtype = torch.float32) -> AlignGenWeights:
+    """Read an AlignGen export; raise naming what was expected for anything else.
+
+    The DEM is built with `operations` (torch.nn, or a host's own Linear/LayerNorm such as ComfyUI's
+    manual-cast ops) and its tensors stored in `dem_dtype`; the small tensors (S*, LoRA) stay float32.
+    """
     path = Path(path)
     tensors, meta = read_safetensors(path, "AlignGen")
     if meta.get("refcustom.mode") != "aligngen" or TOKEN_KEY not in tensors:
@@ -89,8 +95,9 @@ def read_aligngen_file(path: str | Path) -> AlignGenWeights:
         scale = float(meta["refcustom.lora_scale"])
     except (KeyError, ValueError) as error:
         raise ValueError(f"{path.name}: AlignGen metadata is incomplete ({error}); re-export it with the trainer") from error
-    dem_state = {k[len("aligngen.dem."):]: v.float() for k, v in tensors.items() if k.startswith("aligngen.dem.")}
-    dem = DeviationExtractionModule.from_state_dict(dem_state, heads=heads, mlp_ratio=mlp_ratio).eval()
+    dem_state = {k[len("aligngen.dem."):]: v for k, v in tensors.items() if k.startswith("aligngen.dem.")}
+    dem = DeviationExtractionModule.from_state_dict(dem_state, heads=heads, mlp_ratio=mlp_ratio,
+                                                    operations=operations, dtype=dem_dtype).eval()
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         match = _LORA_KEY.match(key)

@@ -61,22 +61,20 @@ def tokenize_with_learned_token(clip, before: str, rest: str, token_text: str, v
 
 
 def apply_dem(conditioning: list, dem, start: int, end: int, redux: torch.Tensor) -> list:
-    """Replace row `start` of every cond by the DEM's first output row over rows [start, end)."""
-    # The DEM (~270M parameters at FLUX width) runs on ComfyUI's compute device for this one call and goes
-    # back to the CPU after: once per prompt, never per step.
-    device = comfy.model_management.get_torch_device()
-    home = next(dem.parameters()).device
+    """Replace row `start` of every cond by the DEM's first output row over rows [start, end).
+
+    `dem` is the DEM's ModelPatcher: ComfyUI loads it (all of it, or what fits, the rest cast per forward) as
+    it loads a text encoder, once per prompt, never per step, and keeps or frees it with its other models.
+    The DEM computes in float32 whatever its weights are stored in (a few tokens: precision is free)."""
+    comfy.model_management.load_models_gpu([dem])
+    device = dem.load_device
     out = []
-    try:
-        dem.to(device)
-        for embedding, cond in conditioning:
-            concept_rows = embedding[:, start:end].to(device, torch.float32)
-            with torch.no_grad():
-                updated = dem(concept_rows, redux.to(device, torch.float32))[:, 0]
-            positions = torch.full((embedding.shape[0],), start, dtype=torch.long, device=embedding.device)
-            out.append([replace_learned_token(embedding, positions, updated.to(embedding)), cond])
-    finally:
-        dem.to(home)
+    for embedding, cond in conditioning:
+        concept_rows = embedding[:, start:end].to(device, torch.float32)
+        with torch.no_grad():
+            updated = dem.model(concept_rows, redux.to(device, torch.float32))[:, 0]
+        positions = torch.full((embedding.shape[0],), start, dtype=torch.long, device=embedding.device)
+        out.append([replace_learned_token(embedding, positions, updated.to(embedding)), cond])
     return out
 
 
@@ -128,15 +126,16 @@ class AlignGenConditioningNode(io.ComfyNode):
         if clip is None:
             raise RuntimeError("the CLIP input is empty: load FLUX's text encoders with DualCLIPLoader.")
         progress = comfy.utils.ProgressBar(3)  # text encoding, the DEM, the reference's VAE encoding
-        before, rest = insert_learned_token(text, concept, aligngen.token_text)
-        tokens, start, end = tokenize_with_learned_token(clip, before, rest, aligngen.token_text,
-                                                         aligngen.learned_token, concept.strip())
+        weights = aligngen.weights
+        before, rest = insert_learned_token(text, concept, weights.token_text)
+        tokens, start, end = tokenize_with_learned_token(clip, before, rest, weights.token_text,
+                                                         weights.learned_token, concept.strip())
         conditioning = clip.encode_from_tokens_scheduled(tokens)
         progress.update(1)
         redux = style_model.get_cond(clip_vision_output).flatten(start_dim=0, end_dim=1).unsqueeze(0)
-        if redux.shape[-1] != aligngen.dem.config["redux_dim"]:
+        if redux.shape[-1] != weights.dem.config["redux_dim"]:
             raise ValueError(f"the Redux tokens are {redux.shape[-1]} wide, the AlignGen DEM expects "
-                             f"{aligngen.dem.config['redux_dim']}: load FLUX.1 Redux (flux1-redux-dev) as style_model.")
+                             f"{weights.dem.config['redux_dim']}: load FLUX.1 Redux (flux1-redux-dev) as style_model.")
         conditioning = apply_dem(conditioning, aligngen.dem, start, end, redux)
         progress.update(1)
         latent = require_finite_latent(vae.encode(prepare_reference(image, "ip", ref_res, mask)))

@@ -1,33 +1,34 @@
 """How AlignGen reaches FLUX inside ComfyUI, through public extension points only.
 
-- Reference-only LoRA: each target Linear (double blocks: `img_attn.qkv`, `img_attn.proj`; single
-  blocks: the q|k|v rows of `linear1`, and `linear2`) is replaced, through a ModelPatcher object
-  patch, by a copy of itself whose forward adds the LoRA delta to the trailing reference rows. The
-  copy shares the original's parameter dicts, so weight patches (other LoRAs), casting and
-  offloading act on it exactly as on the original; unpatching restores the original object.
-- Per pass: a DIFFUSION_MODEL wrapper reads the conditioning's `refcustom_aligngen` payload and
-  the reference latents, sets how many trailing tokens are reference tokens (a context variable
-  the LoRA copies read; 0 = plain FLUX) and installs, for that pass only, an attention override
-  for the selective cross-modal mask: non-concept text rows are recomputed without the reference
-  keys (no L x L mask). A pass without the payload (the negative prompt) is plain FLUX.
+Per pass, a DIFFUSION_MODEL wrapper reads the conditioning's `refcustom_aligngen` payload and the
+reference latents. A pass without the payload (the negative prompt) is plain FLUX. A pass with it gets,
+for that pass only:
+
+- the reference-only LoRA, as forward hooks on the target Linears (double blocks: `img_attn.qkv`,
+  `img_attn.proj`; single blocks: the q|k|v rows of `linear1`, and `linear2`) that add the LoRA term to
+  the trailing reference rows of each Linear's fresh output. The hooks are registered when the pass
+  starts and removed when it ends, whatever happens in between. No module is copied, swapped or given
+  an attribute: ComfyUI's weight patching (other LoRAs), casting, offloading and quantized weights see
+  their own modules, and its per-module loader state stays its own (a Linear copy that shared that state
+  once made ComfyUI skip the next graph's LoRA);
+- an attention override for the selective cross-modal mask: non-concept text rows are recomputed
+  without the reference keys (no L x L mask), chained to any earlier override.
 """
 
 from __future__ import annotations
 
-import contextvars
+import contextlib
 from dataclasses import dataclass
 
 import comfy.conds
 import torch
 
+from ..model.aligngen import add_reference_lora_
 from ..model.dreamo_conditioning import tokens_for_latent
 from .dreamo_patch import DIAGONAL_REFERENCE_METHOD
 
 ALIGNGEN_COND_KEY = "refcustom_aligngen"
 ALIGNGEN_WRAPPER_KEY = "refcustom_aligngen"
-
-# Trailing reference tokens in the sequences the patched Linears see during the current pass.
-REFERENCE_TOKENS: contextvars.ContextVar[int] = contextvars.ContextVar("refcustom_aligngen_reference_tokens", default=0)
 
 
 @dataclass(frozen=True)
@@ -76,49 +77,47 @@ def concept_rows(payload, batch: int, text_tokens: int) -> torch.Tensor:
     return mask
 
 
-_SUBCLASSES: dict[type, type] = {}
+class ReferenceLoRAHooks:
+    """The reference-only LoRA of one AlignGen file, added by forward hooks for one pass at a time.
 
+    `loras` are (target under diffusion_model, down [rank, in], up [rows, rank]) with the strength folded
+    into `up`. The matrices are cast once to the device and dtype of the activations they meet and kept for
+    the sampling run (`release` drops the copies; the loader calls it when ComfyUI cleans up after sampling).
+    """
 
-def _reference_lora_class(base: type) -> type:
-    """A subclass of the Linear's own class whose forward adds the reference-row LoRA term."""
-    if base not in _SUBCLASSES:
-        def forward(self, x, *args, **kwargs):
-            y = super(cls, self).forward(x, *args, **kwargs)
-            n = REFERENCE_TOKENS.get()
-            if n <= 0:
-                return y
-            down, up = self._reference_lora_weights(x.device, x.dtype)
-            delta = torch.nn.functional.linear(torch.nn.functional.linear(x[:, -n:], down), up)
-            y[:, -n:, :up.shape[0]] += delta.to(y.dtype)  # y is this call's fresh output: add in place
-            return y
+    def __init__(self, loras: tuple[tuple[str, torch.Tensor, torch.Tensor], ...]):
+        self.loras = loras
+        self._cast: tuple[tuple, list] = ((), [])
 
-        def _reference_lora_weights(self, device, dtype):
-            key = (device, dtype)
-            if self._reference_lora_cache[0] != key:
-                down, up, scale = self._reference_lora
-                self._reference_lora_cache = (key, (down.to(device, dtype), (up * scale).to(device, dtype)))
-            return self._reference_lora_cache[1]
+    def __deepcopy__(self, memo):  # ModelPatcher.clone copies callbacks/wrappers: the matrices are read-only
+        return self
 
-        cls = type(f"ReferenceLoRA{base.__name__}", (base,), {
-            "forward": forward, "_reference_lora_weights": _reference_lora_weights,
-        })
-        _SUBCLASSES[base] = cls
-    return _SUBCLASSES[base]
+    def release(self, *args) -> None:
+        self._cast = ((), [])
 
+    def _matrices(self, device: torch.device, dtype: torch.dtype) -> list:
+        key = (device, dtype)
+        if self._cast[0] != key:
+            self._cast = (key, [(down.to(device, dtype), up.to(device, dtype)) for _, down, up in self.loras])
+        return self._cast[1]
 
-def with_reference_lora(linear: torch.nn.Module, down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.nn.Module:
-    """A copy of `linear` (sharing its parameters) that adds scale * up @ down on the reference rows."""
-    if up.shape[0] > linear.weight.shape[0] or down.shape[1] != linear.weight.shape[1]:
-        raise ValueError(
-            f"AlignGen LoRA of shape up {list(up.shape)} x down {list(down.shape)} does not fit a Linear of weight "
-            f"{list(linear.weight.shape)}: this AlignGen file was trained on a different FLUX."
-        )
-    cls = _reference_lora_class(type(linear))
-    patched = cls.__new__(cls)
-    patched.__dict__ = dict(linear.__dict__)  # shares _parameters/_buffers/_modules with the original
-    patched._reference_lora = (down, up, scale)
-    patched._reference_lora_cache = (None, None)
-    return patched
+    @contextlib.contextmanager
+    def attached(self, diffusion_model: torch.nn.Module, reference_tokens: int):
+        """Hooks on the target Linears for the duration: each adds the LoRA term to its output's last
+        `reference_tokens` rows, in the dtype and on the device of the Linear's input (the blocks' compute
+        dtype, whatever the weights are stored in: fp8, GGUF, offloaded)."""
+        handles = []
+        try:
+            for index, (target, _, _) in enumerate(self.loras):
+                def hook(module, args, output, index=index):
+                    down, up = self._matrices(args[0].device, args[0].dtype)[index]
+                    return add_reference_lora_(output, args[0], down, up, reference_tokens)
+
+                handles.append(diffusion_model.get_submodule(target).register_forward_hook(hook))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 class SelectiveAttentionOverride:
@@ -155,7 +154,10 @@ class SelectiveAttentionOverride:
 
 
 class AlignGenWrapper:
-    """DIFFUSION_MODEL wrapper: per pass with an AlignGen payload, the reference-token count and the mask."""
+    """DIFFUSION_MODEL wrapper: per pass with an AlignGen payload, the reference-only LoRA and the mask."""
+
+    def __init__(self, lora: ReferenceLoRAHooks):
+        self.lora = lora
 
     def __deepcopy__(self, memo):
         return self
@@ -184,8 +186,5 @@ class AlignGenWrapper:
                                               (total - reference, total),
                                               previous=transformer_options.get("optimized_attention_override"))
         options = {**transformer_options, "optimized_attention_override": override}
-        token = REFERENCE_TOKENS.set(reference)
-        try:
+        with self.lora.attached(executor.class_obj, reference):
             return executor(x, timestep, context, y, guidance, ref_latents, control, options, **kwargs)
-        finally:
-            REFERENCE_TOKENS.reset(token)

@@ -18,7 +18,8 @@ As a library (the server tests load this file by path):
   `PromptFailed` (node id, node type, exception message, traceback) when execution fails, and
   `ServerDied` if the server exits meanwhile. Every wait is bounded.
 - `substitute_fixture_loaders` swaps UNETLoader / CheckpointLoaderSimple / (Dual)CLIPLoader / VAELoader / StyleModelLoader / CLIPVisionLoader for
-  the pack's tiny-model fixture nodes (registered when REFCUSTOM_TEST_FIXTURES=1).
+  the pack's tiny-model fixture nodes (registered when REFCUSTOM_TEST_FIXTURES=1); UNETLoader's fp8
+  weight_dtype carries over.
 
 As a command:
 
@@ -387,7 +388,11 @@ def substitute_fixture_loaders(api_graph: dict, seed: int = 0) -> dict:
         title = node.get("_meta", {}).get("title", class_type)
         for index, fixture in enumerate(substitutes):
             new_id = node_id if index == 0 else f"{node_id}_tiny_{_SHORT_NAMES[fixture]}"
-            graph[new_id] = {"class_type": fixture, "inputs": {"seed": seed}, "_meta": {"title": f"{title} (tiny fixture)"}}
+            inputs = {"seed": seed}
+            weight_dtype = node.get("inputs", {}).get("weight_dtype", "default")
+            if class_type == "UNETLoader" and weight_dtype != "default":  # fp8: the tiny model is stored in fp8 too
+                inputs["weight_dtype"] = weight_dtype
+            graph[new_id] = {"class_type": fixture, "inputs": inputs, "_meta": {"title": f"{title} (tiny fixture)"}}
             rewire[(node_id, index)] = (new_id, 0)
     for node_id, name, source, output in list(_links(graph)):
         if (source, output) in rewire:

@@ -63,7 +63,7 @@ class AlignGenMethod:
         state = self.model.trainable_state_dict()
         tensors = {f"aligngen.{k}": v for k, v in state.items()}
         dem = self.model.dem.config
-        extra = {"layout": "aligngen-v1", "rank": self.config.lora.rank, "lora_scale": self.model.lora_scale,
+        extra = {"layout": "aligngen-v2", "rank": self.config.lora.rank, "lora_scale": self.model.lora_scale,
                  "dem_heads": dem["heads"], "dem_mlp_ratio": dem["mlp_ratio"], "learned_token": self.token}
         return tensors, extra
 

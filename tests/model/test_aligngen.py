@@ -11,6 +11,7 @@ from torch import nn
 from refcustom.model.aligngen import (
     DeviationExtractionModule,
     ReferenceOnlyLoRA,
+    add_reference_lora_,
     dense_selective_mask,
     install_reference_lora,
     load_reference_lora_state_dict,
@@ -32,13 +33,8 @@ def randomise(module, seed, scale=0.3):
 
 
 def attention_by_hand(x_q, x_kv, attn, heads):
-    """Multi-head attention written out: projections, head split, softmax(q k^T / sqrt(d)) v, out_proj."""
-    if attn.in_proj_weight is not None:  # packed [3E, E] when kdim == vdim == embed_dim
-        wq, wk, wv = attn.in_proj_weight.chunk(3)
-    else:
-        wq, wk, wv = attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight
-    bq, bk, bv = attn.in_proj_bias.chunk(3)
-    q, k, v = x_q @ wq.T + bq, x_kv @ wk.T + bk, x_kv @ wv.T + bv
+    """Multi-head attention written out: projections, head split, softmax(q k^T / sqrt(d)) v, output projection."""
+    q, k, v = (x @ layer.weight.T + layer.bias for x, layer in ((x_q, attn.to_q), (x_kv, attn.to_k), (x_kv, attn.to_v)))
     batch, d = q.shape[0], q.shape[-1] // heads
 
     def split(t):  # [B, N, H d] -> [B, H, N, d]
@@ -46,7 +42,7 @@ def attention_by_hand(x_q, x_kv, attn, heads):
 
     weights = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(d), dim=-1)
     out = (weights @ split(v)).transpose(1, 2).reshape(batch, x_q.shape[1], heads * d)
-    return out @ attn.out_proj.weight.T + attn.out_proj.bias
+    return out @ attn.to_out.weight.T + attn.to_out.bias
 
 
 def dem_by_hand(dem, c, redux):
@@ -86,17 +82,16 @@ def test_gradients_reach_every_dem_parameter():
     dem = DeviationExtractionModule(16, 24, 4)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():  # only the zero-initialised outputs: with them at zero nothing upstream learns
-        for layer in (dem.self_attn.out_proj, dem.cross_attn.out_proj, dem.mlp[2]):
+        for layer in dem.output_layers:
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.3)
     c, redux = torch.randn(2, 3, 16, generator=g), torch.randn(2, 7, 24, generator=g)
     dem(c, redux).square().sum().backward()
     for name, p in dem.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         grad = p.grad
-        if name.endswith("in_proj_bias"):  # the key bias adds a per-query constant to the logits: softmax ignores it
-            q_bias, k_bias, v_bias = grad.chunk(3)
-            assert k_bias.abs().max() < 1e-5, name
-            grad = torch.cat([q_bias, v_bias])
+        if name.endswith("to_k.bias"):  # the key bias adds a per-query constant to the logits: softmax ignores it
+            assert grad.abs().max() < 1e-5, name
+            continue
         assert grad.abs().sum() > 0, name
 
 
@@ -121,14 +116,89 @@ def test_dem_rebuilds_from_its_state_dict():
     g = torch.Generator().manual_seed(0)
     c, redux = torch.randn(2, 3, 16, generator=g), torch.randn(1, 7, 24, generator=g)
     torch.testing.assert_close(rebuilt(c, redux), dem(c, redux))
-    with pytest.raises(ValueError, match="cross_attn.out_proj.bias"):
-        DeviationExtractionModule.from_state_dict({k: v for k, v in state.items() if k != "cross_attn.out_proj.bias"}, 4, 2.0)
+    with pytest.raises(ValueError, match="cross_attn.to_out.bias"):
+        DeviationExtractionModule.from_state_dict({k: v for k, v in state.items() if k != "cross_attn.to_out.bias"}, 4, 2.0)
     with pytest.raises(ValueError, match="extra.weight"):
         DeviationExtractionModule.from_state_dict({**state, "extra.weight": torch.zeros(1)}, 4, 2.0)
     with pytest.raises(ValueError, match="mlp.0.weight"):
         DeviationExtractionModule.from_state_dict(state, heads=4, mlp_ratio=4.0)
     with pytest.raises(ValueError, match="norm_redux.weight"):
         DeviationExtractionModule.from_state_dict({"norm_self.weight": torch.zeros(16)}, 4)
+
+
+def multihead_dem_by_torch(state, c, redux, heads):
+    """The format-version-1 DEM, computed with torch's own nn.MultiheadAttention modules loaded from `state`."""
+    text_dim, redux_dim = state["norm_self.weight"].shape[0], state["norm_redux.weight"].shape[0]
+    modules = nn.ModuleDict({
+        "norm_self": nn.LayerNorm(text_dim), "norm_cross": nn.LayerNorm(text_dim), "norm_redux": nn.LayerNorm(redux_dim),
+        "norm_mlp": nn.LayerNorm(text_dim), "self_attn": nn.MultiheadAttention(text_dim, heads, batch_first=True),
+        "cross_attn": nn.MultiheadAttention(text_dim, heads, kdim=redux_dim, vdim=redux_dim, batch_first=True),
+        "mlp": nn.Sequential(nn.Linear(text_dim, state["mlp.0.weight"].shape[0]), nn.GELU(approximate="tanh"),
+                             nn.Linear(state["mlp.0.weight"].shape[0], text_dim)),
+    }).double()
+    modules.load_state_dict(state)
+    m = modules
+    redux = m["norm_redux"](redux.expand(c.shape[0], -1, -1))
+    h = m["norm_self"](c)
+    c = c + m["self_attn"](h, h, h, need_weights=False)[0]
+    h = m["norm_cross"](c)
+    c = c + m["cross_attn"](h, redux, redux, need_weights=False)[0]
+    return c + m["mlp"](m["norm_mlp"](c))
+
+
+def multihead_state(text_dim, redux_dim, heads, seed):
+    """A random DEM state dict in format version 1 (nn.MultiheadAttention's keys), made by torch's own modules."""
+    torch.manual_seed(seed)
+    self_attn = nn.MultiheadAttention(text_dim, heads, batch_first=True)
+    cross_attn = nn.MultiheadAttention(text_dim, heads, kdim=redux_dim, vdim=redux_dim, batch_first=True)
+    state = {f"self_attn.{k}": v for k, v in self_attn.state_dict().items()}
+    state |= {f"cross_attn.{k}": v for k, v in cross_attn.state_dict().items()}
+    for name, width in (("norm_self", text_dim), ("norm_cross", text_dim), ("norm_redux", redux_dim),
+                        ("norm_mlp", text_dim)):
+        state[f"{name}.weight"], state[f"{name}.bias"] = 1 + 0.1 * torch.randn(width), 0.1 * torch.randn(width)
+    state |= {"mlp.0.weight": torch.randn(2 * text_dim, text_dim) * 0.3, "mlp.0.bias": torch.randn(2 * text_dim) * 0.1,
+              "mlp.2.weight": torch.randn(text_dim, 2 * text_dim) * 0.3, "mlp.2.bias": torch.randn(text_dim) * 0.1}
+    for key in state:  # torch zero-initialises the MHA biases: draw them so the conversion of each one shows
+        if key.endswith(("in_proj_bias", "out_proj.bias")):
+            state[key] = torch.randn(state[key].shape) * 0.1
+    return {k: v.double() for k, v in state.items()}
+
+
+def test_a_format_version_1_dem_equals_torch_multihead_attention():
+    """Files written before the DEM had leaf Linears hold nn.MultiheadAttention's keys: they load, through
+    from_state_dict and through load_state_dict (the trainer's resume), and compute what torch's MHA does."""
+    state = multihead_state(16, 24, 4, seed=3)
+    assert "self_attn.in_proj_weight" in state and "cross_attn.k_proj_weight" in state
+    g = torch.Generator().manual_seed(4)
+    c = torch.randn(2, 3, 16, generator=g, dtype=torch.float64)
+    redux = torch.randn(1, 5, 24, generator=g, dtype=torch.float64)
+    expected = multihead_dem_by_torch(state, c, redux, heads=4)
+    rebuilt = DeviationExtractionModule.from_state_dict(state, heads=4, mlp_ratio=2.0, dtype=torch.float64)
+    torch.testing.assert_close(rebuilt(c, redux), expected, rtol=1e-9, atol=1e-9)
+    loaded = DeviationExtractionModule(16, 24, 4, mlp_ratio=2.0).double()
+    loaded.load_state_dict(state)
+    torch.testing.assert_close(loaded(c, redux), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_dem_modules_are_leaves_and_take_the_hosts_operations():
+    """A host's loader moves weights module by module: every parameter sits in a leaf module, and a host's own
+    Linear/LayerNorm classes (ComfyUI's manual-cast ops) are what the DEM is built from."""
+    class Ops:
+        class Linear(nn.Linear):
+            pass
+
+        class LayerNorm(nn.LayerNorm):
+            pass
+
+    dem = DeviationExtractionModule(16, 24, 4, operations=Ops)
+    for name, module in dem.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        if own:
+            assert not list(module.children()), f"{name} holds parameters and children"
+            assert isinstance(module, (Ops.Linear, Ops.LayerNorm)), (name, type(module))
+    rebuilt = DeviationExtractionModule.from_state_dict(dem.state_dict(), heads=4, operations=Ops, dtype=torch.float16)
+    assert {p.dtype for p in rebuilt.parameters()} == {torch.float16}
+    assert isinstance(rebuilt.cross_attn.to_k, Ops.Linear) and rebuilt.cross_attn.to_k.in_features == 24
 
 
 # --- learned token ----------------------------------------------------------------------------------
@@ -236,6 +306,24 @@ def test_lora_applies_the_merged_weight_to_the_reference_rows_only(shape, count)
     lora.reference_tokens = shape[-2] + 1
     with pytest.raises(ValueError, match="does not fit"):
         lora(x)
+
+
+@pytest.mark.parametrize("rows", [5, 3])  # every output feature, or the first 3 (a fused linear1's q|k|v rows)
+def test_add_reference_lora_is_the_merged_weight_on_the_reference_rows(rows):
+    g = torch.Generator().manual_seed(6)
+    base = nn.Linear(6, 5)
+    down, up = torch.randn(2, 6, generator=g), torch.randn(rows, 2, generator=g)
+    x = torch.randn(2, 7, 6, generator=g)
+    merged = base.weight.detach().clone()
+    merged[:rows] += up @ down
+    expected = torch.cat([base(x[:, :4]), F.linear(x[:, 4:], merged, base.bias)], dim=1)
+    out = base(x)
+    assert add_reference_lora_(out, x, down, up, 3) is out  # in place on the Linear's fresh output
+    torch.testing.assert_close(out, expected)
+    untouched = base(x)
+    torch.testing.assert_close(add_reference_lora_(untouched.clone(), x, down, up, 0), untouched, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not fit"):
+        add_reference_lora_(base(x), x, down, torch.randn(6, 2), 3)
 
 
 def test_fresh_lora_changes_nothing_and_learns():

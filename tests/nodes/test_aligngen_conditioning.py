@@ -15,6 +15,7 @@ from refcustom.model.aligngen import DeviationExtractionModule
 from refcustom.model.aligngen_weights import AlignGenWeights
 from refcustom.model.reference_preprocess import area_resize_size
 from refcustom.nodes.aligngen_conditioning import AlignGenConditioningNode, tokenize_with_learned_token
+from refcustom.nodes.aligngen_loader import managed
 from refcustom.nodes.aligngen_patch import ALIGNGEN_COND_KEY
 from refcustom.tests.nodes.aligngen_inputs import tiny_redux
 
@@ -28,7 +29,7 @@ def aligngen():
     with torch.no_grad():
         for p in dem.parameters():
             p.copy_(torch.randn_like(p) * 0.2)
-    return AlignGenWeights(torch.randn(32), dem.eval(), (), 1.0, "S*", Path("test.safetensors"))
+    return managed(AlignGenWeights(torch.randn(32), dem.eval(), (), 1.0, "S*", Path("test.safetensors")))
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def run(tiny_clip, tiny_vae, aligngen, redux, text, concept="red guitar", ref_re
 def test_s_star_row_is_the_dem_output_and_nothing_else_changes(tiny_clip, tiny_vae, aligngen, redux):
     text = "a photo of a red guitar on a beach"
     calls = []
-    aligngen.dem.register_forward_hook(lambda *a: calls.append(1))
+    aligngen.weights.dem.register_forward_hook(lambda *a: calls.append(1))
     out = run(tiny_clip, tiny_vae, aligngen, redux, text)
     assert len(calls) == 1  # once per prompt, in the node
     embedding, cond = out[0]
@@ -54,10 +55,10 @@ def test_s_star_row_is_the_dem_output_and_nothing_else_changes(tiny_clip, tiny_v
     start, end = payload.concept_start, payload.concept_end
 
     tokens, start2, end2 = tokenize_with_learned_token(tiny_clip, "a photo of a", "red guitar on a beach", "S*",
-                                                       aligngen.learned_token, "red guitar")
+                                                       aligngen.weights.learned_token, "red guitar")
     assert (start, end) == (start2, end2)
     t5 = tokens["t5xxl"][0]
-    assert torch.equal(t5[start][0], aligngen.learned_token.float())
+    assert torch.equal(t5[start][0], aligngen.weights.learned_token.float())
     concept_only = [t for t, _ in tiny_clip.tokenize("red guitar")["t5xxl"][0]]
     assert [t for t, _ in t5[start + 1:end]] == concept_only[:end - start - 1]
     assert end - start - 1 == len([t for t in concept_only if t not in (0, 1)])  # T5 pad 0, end 1
@@ -65,7 +66,7 @@ def test_s_star_row_is_the_dem_output_and_nothing_else_changes(tiny_clip, tiny_v
     plain = tiny_clip.encode_from_tokens_scheduled(tokens)[0][0]
     redux_tokens = redux[0].get_cond(redux[1])
     with torch.no_grad():
-        expected_row = aligngen.dem(plain[:, start:end].float(), redux_tokens.float())[0, 0]
+        expected_row = aligngen.weights.dem(plain[:, start:end].float(), redux_tokens.float())[0, 0]
     torch.testing.assert_close(embedding[0, start], expected_row.to(embedding), rtol=1e-5, atol=1e-5)
     others = torch.ones(embedding.shape[1], dtype=torch.bool)
     others[start] = False
@@ -96,7 +97,7 @@ def test_errors_name_the_fix(tiny_clip, tiny_vae, aligngen, redux):
         run(tiny_clip, tiny_vae, aligngen, redux, "a photo of a cat", concept="red guitar")
     with pytest.raises(ValueError, match="concept name"):
         run(tiny_clip, tiny_vae, aligngen, redux, "a photo of a cat", concept="  ")
-    wide = AlignGenWeights(torch.randn(48), DeviationExtractionModule(48, 32, heads=2), (), 1.0, "S*", Path("x"))
+    wide = managed(AlignGenWeights(torch.randn(48), DeviationExtractionModule(48, 32, heads=2), (), 1.0, "S*", Path("x")))
     with pytest.raises(ValueError, match="wide"):
         run(tiny_clip, tiny_vae, wide, redux, "a red guitar")
 

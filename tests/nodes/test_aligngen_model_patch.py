@@ -2,7 +2,7 @@
 
 The trainer starts from the diffusers twin of ComfyUI's tiny FLUX and trains a few AlignGen steps
 (reference-only LoRA, S*, DEM); the export goes through `Load AlignGen (FLUX)`. ComfyUI's forward
-with the AlignGen payload (object-patched reference-only LoRA, selective attention override) must
+with the AlignGen payload (reference-only LoRA hooks for the pass, selective attention override) must
 equal the trainer's forward (diffusers, LoRA on the trailing rows, dense-equivalent mask) on the
 same inputs, to 1e-4 in float32. A pass without the payload is plain FLUX.
 """
@@ -76,7 +76,7 @@ def test_comfy_forward_equals_the_trainer(trained_aligngen, tiny_flux):
     other_span = comfy_forward(patched, data, AlignGenConditioning(0, 1, 0))
     assert (other_span - ours).abs().max() > 1e-5
     # The DEM and S* that reach the conditioning node are the trained ones.
-    torch.testing.assert_close(weights.learned_token, model.learned_token.detach().reshape(-1))
+    torch.testing.assert_close(weights.weights.learned_token, model.learned_token.detach().reshape(-1))
 
 
 def test_pass_without_payload_is_plain_flux(trained_aligngen, tiny_flux):

@@ -16,7 +16,7 @@ import torch
 from refcustom.model.aligngen import DeviationExtractionModule
 from refcustom.model.aligngen_weights import AlignGenWeights, ReferenceLoRA
 from refcustom.nodes.aligngen_conditioning import AlignGenConditioningNode
-from refcustom.nodes.aligngen_loader import apply_aligngen
+from refcustom.nodes.aligngen_loader import apply_aligngen, managed
 from refcustom.tests.nodes.aligngen_inputs import tiny_redux
 
 pytestmark = pytest.mark.tier2
@@ -50,7 +50,7 @@ def aligngen():
 
 def positive_for(tiny_clip, tiny_vae, aligngen, redux):
     image = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(2))
-    return AlignGenConditioningNode.execute(tiny_clip, aligngen, "a photo of a red guitar", "red guitar", redux[0],
+    return AlignGenConditioningNode.execute(tiny_clip, managed(aligngen), "a photo of a red guitar", "red guitar", redux[0],
                                             redux[1], tiny_vae, image, 64).args[0]
 
 

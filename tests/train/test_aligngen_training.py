@@ -315,7 +315,7 @@ def test_aligngen_training_lowers_loss_and_moves_every_trainable_part(tmp_path, 
     final = trainer.method.model.trainable_state_dict()
     moved = lambda key: not torch.equal(initial[key], final[key])  # noqa: E731
     assert moved("learned_token")
-    for layer in ("dem.self_attn.out_proj", "dem.cross_attn.out_proj", "dem.mlp.2"):
+    for layer in ("dem.self_attn.to_out", "dem.cross_attn.to_out", "dem.mlp.2"):
         assert moved(f"{layer}.weight") and moved(f"{layer}.bias"), layer
     assert len([k for k in initial if k.endswith("lora_up.weight")]) == 4 * 2  # 2 per double and single block
     ups = live_lora_ups(initial)
