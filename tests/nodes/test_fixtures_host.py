@@ -185,9 +185,9 @@ def test_fixture_nodes_serve_cached_tiny_models():
     schemas = {cls.GET_SCHEMA().node_id: cls.GET_SCHEMA() for cls in node_classes}
     assert set(schemas) == {"RefCustomTest_TinyFluxLoader", "RefCustomTest_TinyCLIPLoader", "RefCustomTest_TinyVAELoader",
                             "RefCustomTest_TinyNonFluxLoader", "RefCustomTest_TinyReduxLoader",
-                            "RefCustomTest_TinyCLIPVisionLoader"}
+                            "RefCustomTest_TinyCLIPVisionLoader", "RefCustomTest_SamplingProbe"}
     assert all(s.category == "refcustom/testing" for s in schemas.values())
-    flux_node, clip_node, vae_node, non_flux_node, redux_node, clip_vision_node = node_classes
+    flux_node, clip_node, vae_node, non_flux_node, redux_node, clip_vision_node, _ = node_classes
     model = flux_node.execute(seed=0).args[0]
     assert isinstance(model.model, comfy.model_base.Flux)
     assert flux_node.execute(seed=0).args[0] is model  # cached per seed
@@ -199,3 +199,33 @@ def test_fixture_nodes_serve_cached_tiny_models():
     vision = clip_vision_node.execute(seed=0).args[0].encode_image(torch.rand(1, 40, 56, 3), crop=False)
     assert vision.last_hidden_state.shape == (1, 16, 48)
     assert redux_node.execute(seed=0).args[0].get_cond(vision).shape == (1, 16, 32)
+
+
+def test_fixture_flux_takes_unet_loaders_weight_dtype_and_another_instance_is_another_object():
+    module = _load_fixture_nodes()
+    flux_node = module.get_fixture_nodes()[0]
+    model = flux_node.execute(seed=0).args[0]
+    fp8 = flux_node.execute(seed=0, weight_dtype="fp8_e4m3fn").args[0]
+    assert fp8.model.diffusion_model.img_in.weight.dtype == torch.float8_e4m3fn
+    other = flux_node.execute(seed=0, instance=7).args[0]
+    assert other is not model and other.model is not model.model
+    assert flux_node.execute(seed=0, instance=7).args[0] is other
+    a, b = model.model.diffusion_model.state_dict(), other.model.diffusion_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fixture_model_cache_is_bounded():
+    """A server that runs many seeds keeps at most CACHE_LIMIT tiny models, the most recently used ones."""
+    import gc
+    import weakref
+
+    module = _load_fixture_nodes()
+    flux_node = module.get_fixture_nodes()[0]
+    first = weakref.ref(flux_node.execute(seed=0).args[0].model)
+    kept = flux_node.execute(seed=1).args[0]
+    for seed in range(2, 3 * module.CACHE_LIMIT):
+        flux_node.execute(seed=seed)
+        assert flux_node.execute(seed=1).args[0] is kept  # used again: stays
+        assert len(module._CACHE) <= module.CACHE_LIMIT
+    gc.collect()
+    assert first() is None, "an evicted model is still referenced"

@@ -32,6 +32,14 @@ def test_separate_loaders_become_fixture_nodes_with_the_same_ids(headless):
     assert set(graph) == set(original)
 
 
+def test_unet_loader_fp8_weight_dtype_carries_over(headless):
+    original = separate_loaders_graph()
+    original["1"]["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    graph = headless.substitute_fixture_loaders(original, seed=3)
+    assert graph["1"]["inputs"] == {"seed": 3, "weight_dtype": "fp8_e4m3fn"}
+    assert graph["2"]["inputs"] == graph["3"]["inputs"] == {"seed": 3}
+
+
 def test_checkpoint_loader_outputs_are_rewired(headless):
     graph = {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "flux1-dev-fp8.safetensors"}},
