@@ -2,55 +2,56 @@
 
 Runs, side by side in one process and interleaved, the FLUX forward of a random-weight model
 (ComfyUI's own classes, bench/random_flux.py) with random in-memory AlignGen weights (S*, a
-DEM at T5 width 4096, a rank-16 reference-only LoRA on every block's img_attn.qkv/img_attn.proj or
-linear1/linear2), each variant after comfy.model_management.load_models_gpu(force_full_load=True):
+DEM at T5 width 4096 built as Load AlignGen builds it, a rank-16 reference-only LoRA on every block's
+img_attn.qkv/img_attn.proj or linear1/linear2), each variant after
+comfy.model_management.load_models_gpu(force_full_load=True):
 
   (a) plain FLUX, no reference (the baseline);
   (b) FLUX + the same reference latent through core ComfyUI ("uxo"), no AlignGen: the reference
       tokens' own cost;
-  (c) AlignGen: apply_aligngen's patcher (object-patched Linears + wrapper) and the
-      `refcustom_aligngen` payload: LoRA on the reference rows + the selective text mask;
+  (c) AlignGen: apply_aligngen's patcher (a wrapper that hooks the reference-only LoRA onto the target
+      Linears for the pass, and the selective text mask) with the `refcustom_aligngen` payload;
   (d) AlignGen's patcher on a pass without payload or reference (the plain negative prompt);
-  diagnostics: (b) + the reference LoRA only (REFERENCE_TOKENS set by hand, no mask), and (b) + the
-  selective attention override only (on plain FLUX).
+  diagnostics: (b) + the reference LoRA hooks only (no mask), and (b) + the selective attention
+  override only (on plain FLUX).
 
 Rounds are interleaved (their order reversed every other round); medians and minima are printed.
+Between passes no hook may remain on the model (checked at every load).
 
 Target: (c)/(b) <= 1.05, i.e. AlignGen costs at most 5% over the reference tokens' own cost.
 Then the DEM: a forward hook on it (and on all its submodules) counts calls while N sampling steps
 run with the AlignGen patcher and payload, once as a bare Euler loop on the diffusion model and once
 through ComfyUI's CFGGuider + euler sampler with the conditioning the node's functions build; then
-the node's DEM path (nodes/aligngen_conditioning.apply_dem) runs once, counted and timed. The DEM
-runs where the node runs it: on the CPU in float32, as read_aligngen_file leaves it (on a GPU run
-its time on the GPU is printed too). No assertions: figures only. Run with ComfyUI's python:
+the node's DEM path (nodes/aligngen_conditioning.apply_dem, the DEM a ModelPatcher that ComfyUI loads
+where and in the dtype it keeps text encoders: fp16 weights, float32 compute) runs once, counted and
+timed. No assertions: figures only. Run with ComfyUI's python:
 
     ~/ComfyUI/.venv/bin/python bench/aligngen_cost.py                      # CPU-sized default
     ~/ComfyUI/.venv/bin/python bench/aligngen_cost.py --preset flux-1024   # GPU: FLUX.1 size, 1024^2, 512^2 ref
 
 Measured on this 2-core CPU (cpu-small: hidden 512, 2+4 blocks, 1024 noise + 256 reference + 128 text
-tokens; DEM 269M parameters, 8 heads; other jobs ran on the machine throughout, load average 3.5-4.7
-with this run, so these are noisy), `--threads 1 --repeats 10`, two runs (118 s and 143 s wall):
+tokens; DEM 269M parameters, 8 heads), `--threads 1 --repeats 10`, about 95 s wall a run. The reference
+LoRA as per-pass hooks (this revision) and as the object-patched Linear copies it replaced (commit
+ff32e4e, its own bench), three runs each, alternating old/new on the same otherwise idle machine:
 
-    median s/step   (a) plain 1.143 / 1.349   (b) + core reference 1.527 / 1.810   (c) AlignGen 1.598 / 1.868
-    (c)/(b) = 1.046 / 1.032 (target <= 1.05: met in both; of the minima 1.100 / 1.029)
-    (b)/(a) = 1.336 / 1.342 (the reference tokens' own cost: +22% tokens, attention quadratic)
-    (c)/(a) = 1.398 / 1.385;  (d)/(a) = 1.013 / 0.943 (the idle patched Linears: no cost within the noise)
-    diagnostics over (b): LoRA only 1.003 / 0.957, selective mask only 0.977 / 1.002 -- the noise floor is about
-    +-5%, so 1.03-1.05 says "at most a few %", not a precise figure
-    DEM calls: node 1, sampling 4 steps 0 (bare Euler loop and ComfyUI's euler sampler: 0 DEM and 0 DEM-submodule
-    calls in 4 steps each, while double_blocks.0.img_attn.qkv saw 256 reference rows in every step's pass)
-    DEM one-off (node, cpu fp32, 1 thread): 0.83 / 1.04 s warm = 0.52 / 0.56 of one AlignGen step, once per prompt
+    (c)/(b) medians    hooks 1.029 / 1.011 / 1.066 (mean 1.035)   Linear copies 1.047 / 1.043 / 1.011 (mean 1.034)
+    LoRA only / (b)    hooks 0.986 / 1.037 / 0.998 (mean 1.007)   Linear copies 1.029 / 1.007 / 1.022 (mean 1.019)
+    two more runs of this revision: (c)/(b) 1.052 and 1.028; (d)/(a) 0.96-0.98 (no cost without a payload)
+    noise floor about +-5% (single diagnostics swing 0.85-1.08 of minima): the hooks cost what the copies cost,
+    a few % at most over the reference tokens' own cost ((b)/(a) = 1.33-1.49)
+    DEM calls: node 1, sampling 4 steps 0 (bare Euler loop and ComfyUI's euler sampler), AlignGen's hook present
+    on double_blocks.0.img_attn.qkv in every sampling pass and on no module between passes
+    DEM one-off: 1.1-1.3 s warm with fp16 weights cast to float32 per layer on the CPU (0.7 s when it was kept
+    in float32 outside ComfyUI's management), once per prompt
 
-With the default 2 threads (the plain command, 5 repeats, 184-198 s wall) the same contention made
-steps 2-5 s and swung single passes by +-40%: three runs gave (c)/(b) = 1.59 (an earlier revision
-without the diagnostics or order reversal), 1.24 and 0.90 of medians, and (d)/(a) down to 0.81, i.e.
-nothing either way; the DEM counts were the same (node 1, sampling 0).
-Use --threads 1 on a shared CPU, or the flux-1024 preset on a GPU (not run here: no GPU).
+Use --threads 1 on a shared CPU (with 2 threads contention swung single passes by +-40%), or the
+flux-1024 preset on a GPU (not run here: no GPU was lent).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import statistics
@@ -72,7 +73,7 @@ def random_aligngen(cfg: dict, heads: int, aligngen, aligngen_weights):
     g = torch.Generator().manual_seed(0)
     dem = aligngen.DeviationExtractionModule(T5_WIDTH, REDUX_WIDTH, heads=heads)  # ~270M parameters, allocated once
     with torch.no_grad():  # a fresh DEM's output projections are zero (identity); a trained one's are not
-        for layer in (dem.self_attn.out_proj, dem.cross_attn.out_proj, dem.mlp[2]):
+        for layer in dem.output_layers:
             layer.weight.normal_(0, 0.02, generator=g)
             layer.bias.normal_(0, 0.02, generator=g)
     hidden = cfg["hidden"]
@@ -106,6 +107,8 @@ def main() -> None:
 
     package = import_host()
     import comfy.model_management
+    import comfy.ops
+    import comfy.patcher_extension
     import comfy.samplers
     import torch
 
@@ -120,7 +123,12 @@ def main() -> None:
     patcher, device, dtype = build_random_flux(cfg)
     flux = patcher.model.diffusion_model
     weights = random_aligngen(cfg, args.dem_heads, aligngen, aligngen_weights)
+    # The DEM as Load AlignGen builds it: ComfyUI's manual-cast ops, the text encoders' dtype.
+    dem_dtype = aligngen_loader.dem_devices()[2]
+    weights = dataclasses.replace(weights, dem=aligngen.DeviationExtractionModule.from_state_dict(
+        weights.dem.state_dict(), heads=args.dem_heads, operations=comfy.ops.manual_cast, dtype=dem_dtype).eval())
     aligngen_patcher = aligngen_loader.apply_aligngen(patcher, weights, 1.0)
+    managed = aligngen_loader.managed(weights)  # the DEM as Load AlignGen hands it over: a ComfyUI-managed model
     payload = aligngen_patch.AlignGenConditioning(concept_start=CONCEPT_START, concept_end=CONCEPT_END, reference_slot=0)
 
     latent = cfg["image"] // 8
@@ -137,12 +145,13 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    target_linear = flux.double_blocks[0].img_attn.qkv
+
     def load(model_patcher):
-        """Load a patcher (ComfyUI swaps the object patches between clones) and check which one is on the model."""
+        """Load a patcher; between passes no module may carry a hook of ours (they live for one pass)."""
         comfy.model_management.load_models_gpu([model_patcher], force_full_load=True)
-        patched = type(flux.double_blocks[0].img_attn.qkv).__name__.startswith("ReferenceLoRA")
-        if patched != (model_patcher is aligngen_patcher):
-            raise RuntimeError(f"load_models_gpu left the wrong Linears on the model (patched={patched})")
+        if target_linear._forward_hooks:
+            raise RuntimeError("a reference-LoRA hook outlived its pass")
 
     def forward(model_patcher, latent_in, timestep, with_ref: bool, with_payload: bool, options=None):
         kwargs = {aligngen_patch.ALIGNGEN_COND_KEY: payload} if with_payload else {}
@@ -157,15 +166,15 @@ def main() -> None:
     ref_tokens = (ref_latent // 2) ** 2
     total = cfg["text"] + noise_tokens + ref_tokens
 
-    def lora_only():  # diagnostic: the patched Linears told the trailing rows are reference rows, no mask
-        token = aligngen_patch.REFERENCE_TOKENS.set(ref_tokens)
-        try:
-            forward(aligngen_patcher, x, t, True, False)
-        finally:
-            aligngen_patch.REFERENCE_TOKENS.reset(token)
+    [wrapper] = aligngen_patcher.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                              aligngen_patch.ALIGNGEN_WRAPPER_KEY)
+
+    def lora_only():  # diagnostic: the reference-LoRA hooks on the trailing reference rows, no mask
+        with wrapper.lora.attached(flux, ref_tokens):
+            forward(patcher, x, t, True, False)
 
     def mask_only():  # diagnostic: the selective attention override alone, on plain FLUX + reference
-        override = aligngen_patch.SelectiveAttentionOverride(cfg["text"], (CONCEPT_START, CONCEPT_END),
+        override = aligngen_patch.SelectiveAttentionOverride(aligngen_patch.concept_rows(payload, 1, cfg["text"]),
                                                              (total - ref_tokens, total))
         forward(patcher, x, t, True, False, {"optimized_attention_override": override})
 
@@ -195,9 +204,8 @@ def main() -> None:
               for m in weights.dem.modules() if m is not weights.dem]
 
     load(aligngen_patcher)
-    reference_rows = []  # trailing reference tokens the first patched Linear sees, per pass: AlignGen is active
-    probe = flux.double_blocks[0].img_attn.qkv.register_forward_pre_hook(
-        lambda *_: reference_rows.append(aligngen_patch.REFERENCE_TOKENS.get()))
+    reference_rows = []  # per pass: the forward hooks on double_blocks.0.img_attn.qkv (1 = AlignGen's is there)
+    probe = target_linear.register_forward_pre_hook(lambda *_: reference_rows.append(len(target_linear._forward_hooks)))
     steps = args.steps
     sample = torch.randn_like(x)
     sigmas = torch.linspace(1.0, 0.0, steps + 1)
@@ -212,7 +220,7 @@ def main() -> None:
     conditioning = [[context, {"pooled_output": y, "guidance": 3.5}]]
     calls.update(dem=0, submodules=0)
     start = time.perf_counter()
-    conditioning = aligngen_conditioning.apply_dem(conditioning, weights.dem, CONCEPT_START, CONCEPT_END, redux)
+    conditioning = aligngen_conditioning.apply_dem(conditioning, managed.dem, CONCEPT_START, CONCEPT_END, redux)
     dem_time = time.perf_counter() - start
     node_calls, node_sub = calls["dem"], calls["submodules"]
     positive = aligngen_conditioning.with_aligngen_reference(conditioning, ref, CONCEPT_START, CONCEPT_END)
@@ -234,29 +242,22 @@ def main() -> None:
     for hook in hooks:
         hook.remove()
 
-    # Warm DEM time (the counted call above includes first-call overhead), on the CPU as the node runs it.
+    # Warm DEM time (the counted call above includes loading it), where and how ComfyUI keeps it.
     warm = []
     for _ in range(3):
         start = time.perf_counter()
-        aligngen_conditioning.apply_dem([[context, {}]], weights.dem, CONCEPT_START, CONCEPT_END, redux)
+        aligngen_conditioning.apply_dem([[context, {}]], managed.dem, CONCEPT_START, CONCEPT_END, redux)
+        sync()
         warm.append(time.perf_counter() - start)
     dem_warm = statistics.median(warm)
-    dem_gpu = None
-    if device.type == "cuda":
-        dem_device = weights.dem.to(device)
-        aligngen_conditioning.apply_dem([[context, {}]], dem_device, CONCEPT_START, CONCEPT_END, redux)
-        sync()
-        start = time.perf_counter()
-        aligngen_conditioning.apply_dem([[context, {}]], dem_device, CONCEPT_START, CONCEPT_END, redux)
-        sync()
-        dem_gpu = time.perf_counter() - start
 
     dem_params = sum(p.numel() for p in weights.dem.parameters())
     print(f"device={device} dtype={dtype} preset={args.preset} hidden={cfg['hidden']} blocks={cfg['depth']}+{cfg['single']} "
           f"image={cfg['image']}px ({noise_tokens} tokens) ref={cfg['ref']}px ({ref_tokens} tokens) text={cfg['text']} "
           f"repeats={repeats} threads={torch.get_num_threads()}")
+    dem_where = f"{next(managed.dem.model.parameters()).dtype} on {managed.dem.load_device}"
     print(f"AlignGen: {len(weights.loras)} rank-{RANK} reference LoRAs, DEM {dem_params / 1e6:.0f}M parameters "
-          f"(width {T5_WIDTH}, {args.dem_heads} heads, fp32 on cpu), Redux {REDUX_TOKENS} tokens, "
+          f"(width {T5_WIDTH}, {args.dem_heads} heads, {dem_where}), Redux {REDUX_TOKENS} tokens, "
           f"concept rows [{CONCEPT_START}, {CONCEPT_END})")
     labels = {"a": "(a) plain FLUX", "b": "(b) + core reference (uxo)", "c": "(c) + AlignGen (LoRA + mask)",
               "d": "(d) AlignGen model, no payload", "lora": "    (b) + reference LoRA only", "mask": "    (b) + selective mask only"}
@@ -277,14 +278,13 @@ def main() -> None:
     print(f"DEM calls: node {node_calls}, sampling {steps} steps {loop_calls + sampler_calls}  (node: {node_sub} "
           f"submodule calls; bare Euler loop: {loop_calls} DEM / {loop_sub} submodule calls; ComfyUI euler sampler: "
           f"{sampler_calls} DEM / {sampler_sub} submodule calls)")
-    print(f"AlignGen active during sampling (reference rows seen by double_blocks.0.img_attn.qkv per pass): "
+    print(f"AlignGen active during sampling (forward hooks on double_blocks.0.img_attn.qkv per pass; 1 = AlignGen's "
+          f"reference LoRA is there): "
           f"bare loop {loop_passes}, ComfyUI sampler {sampler_passes}")
     print(f"sampling wall time: bare loop {loop_time:.3f} s ({loop_time / steps:.4f} s/step), "
           f"ComfyUI sampler {sampler_time:.3f} s ({sampler_time / steps:.4f} s/step)")
-    one_off = f"DEM one-off (node, cpu fp32): counted call {dem_time:.3f} s, warm median {dem_warm:.3f} s"
-    if dem_gpu is not None:
-        one_off += f", on {device} fp32 {dem_gpu:.4f} s"
-    print(one_off)
+    print(f"DEM one-off (node's path, {dem_where}): first call with loading {dem_time:.3f} s, warm median "
+          f"{dem_warm:.3f} s")
     print(f"DEM warm one-off vs one AlignGen step ({median['c']:.4f} s): {dem_warm / median['c']:.2f} steps' worth, "
           f"paid once per prompt; per step it would be +{dem_warm / median['c']:.0%}")
 

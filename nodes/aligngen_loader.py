@@ -71,7 +71,7 @@ def apply_aligngen(model, weights: AlignGenWeights, strength: float):
             f"{diffusion_model.params.context_in_dim}-wide text: it belongs to a different model."
         )
     loras = []
-    for lora in weights.loras if strength != 0 else ():
+    for lora in weights.loras:
         try:
             linear = diffusion_model.get_submodule(lora.target)
         except AttributeError as error:
@@ -83,7 +83,8 @@ def apply_aligngen(model, weights: AlignGenWeights, strength: float):
                 f"{lora.target} (weight {[out_features, in_features]}): {weights.path.name} was trained on a "
                 "different FLUX."
             )
-        loras.append((lora.target, lora.down, lora.up * (weights.lora_scale * strength)))
+        if strength != 0:  # 0 = off: no hook at all
+            loras.append((lora.target, lora.down, lora.up * (weights.lora_scale * strength)))
     hooks = ReferenceLoRAHooks(tuple(loras))
     patched = model.clone()
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, ALIGNGEN_WRAPPER_KEY,

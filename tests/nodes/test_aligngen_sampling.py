@@ -3,7 +3,7 @@
 - CFG with a plain negative: the guided x0 equals neg + s (pos - neg) from the branches run alone,
   and the negative branch is plain FLUX (no LoRA, no mask: it has no AlignGen payload).
 - A batch of 2 latents with one conditioning: item 0 equals the batch-1 run.
-- Plain FLUX is bit-identical before and after AlignGen runs (object patches are undone).
+- Plain FLUX is bit-identical before and after AlignGen runs (its hooks live for one pass).
 """
 
 from pathlib import Path
