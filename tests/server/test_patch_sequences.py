@@ -86,11 +86,12 @@ def test_each_patch_after_the_others(comfy_server, headless, order):
         assert_as_fresh(comfy_server, patch_graph(headless, case), f"{case} right after {previous or 'the tests before'}")
 
 
-@CASES
-@pytest.mark.parametrize("where", ["before", "after"])
+# A LoRA can only come before a GUIDER; after the others too.
+LORA_PLACES = [(case, where) for case in PATCH_CASES for where in ("before", "after") if where == "before" or case.outputs_model]
+
+
+@pytest.mark.parametrize("case,where", LORA_PLACES, ids=[f"{where}-{case}" for case, where in LORA_PLACES])
 def test_a_core_lora_before_or_after_ours(comfy_server, headless, case, where):
-    if where == "after" and not case.outputs_model:
-        pytest.skip(f"{case.node} outputs a GUIDER: a LoRA can only come before it")
     without = fresh(comfy_server, patch_graph(headless, case))
     off = assert_as_fresh(comfy_server, patch_graph(headless, case, lora=(where, 0.0)), f"LoRA 0 {where} {case}")
     on = assert_as_fresh(comfy_server, patch_graph(headless, case, lora=(where, 1.0)), f"LoRA 1 {where} {case}")
