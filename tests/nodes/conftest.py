@@ -8,6 +8,10 @@ first on sys.path (only here: tier 1 never sees ComfyUI), ComfyUI is put in CPU 
 - `tiny_flux`: a fresh tiny FLUX.1-dev ModelPatcher (seed 0) per test.
 - `tiny_clip`: a clone of one tiny FLUX CLIP (seed 0; ComfyUI's real tokenizers) per test.
 - `tiny_vae`: one tiny 16-channel TAESD-based VAE (seed 0) for the session.
+- `memory_budget`: set(fraction, applies_to=FLUX models) makes the next loads of those models get
+  `fraction` of their size, as on a GPU short of memory, so ComfyUI loads them partly (its low-VRAM
+  path: the rest offloaded, cast per forward, LoRA deltas patched on the fly); None = ComfyUI's own
+  choice (a full load on the CPU). All models are unloaded when it is set and after the test.
 - `models_dir`: a fresh folder per test with the tiny official DreamO files
   (tests/fixtures/dreamo_files.py) in dreamo/ and loras/ and the tiny AlignGen file
   aligngen/aligngen_lora.safetensors (tests/fixtures/aligngen_files.py), registered as ComfyUI's
@@ -45,6 +49,8 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True
 
+import comfy.model_base  # noqa: E402
+import comfy.model_management  # noqa: E402
 import folder_paths  # noqa: E402
 
 from refcustom.tests.fixtures import tiny_host_models  # noqa: E402
@@ -118,3 +124,30 @@ def models_dir(tmp_path, monkeypatch) -> Path:
     forget_listings()
     yield models
     forget_listings()
+
+
+def is_diffusion_model(patcher) -> bool:
+    return isinstance(patcher.model, comfy.model_base.BaseModel)
+
+
+@pytest.fixture
+def memory_budget(monkeypatch):
+    """See the module docstring. On a CPU host load_models_gpu always loads fully; what it hands to
+    LoadedModel.model_load is made small instead (shared/notes/testing-model-management.md)."""
+    state = {"fraction": None, "applies_to": is_diffusion_model}
+    original = comfy.model_management.LoadedModel.model_load
+
+    def model_load(self, lowvram_model_memory=0, force_patch_weights=False):
+        if state["fraction"] is not None and state["applies_to"](self.model):
+            budget = int(state["fraction"] * self.model.model_size())
+            lowvram_model_memory = max(1, budget - self.model_loaded_memory())  # 0 would mean "no limit"
+        return original(self, lowvram_model_memory, force_patch_weights)
+
+    monkeypatch.setattr(comfy.model_management.LoadedModel, "model_load", model_load)
+
+    def set_budget(fraction, applies_to=is_diffusion_model):
+        comfy.model_management.unload_all_models()
+        state.update(fraction=fraction, applies_to=applies_to)
+
+    yield set_budget
+    comfy.model_management.unload_all_models()

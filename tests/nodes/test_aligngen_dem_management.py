@@ -67,22 +67,12 @@ def test_the_dem_loads_with_comfyui_and_unload_all_frees_it(tiny_flux, tiny_clip
     assert torch.equal(conditioning(loaded, tiny_clip, tiny_vae), first)
 
 
-def test_a_dem_partly_loaded_gives_the_same_s_star(tiny_flux, tiny_clip, tiny_vae, models_dir, unloaded, monkeypatch):
+def test_a_dem_partly_loaded_gives_the_same_s_star(tiny_flux, tiny_clip, tiny_vae, models_dir, memory_budget):
     _, loaded = AlignGenLoader.execute(tiny_flux, "aligngen_lora.safetensors", 1.0).args
     full = conditioning(loaded, tiny_clip, tiny_vae)
-    original = comfy.model_management.LoadedModel.model_load
-    budgets = []
-
-    def model_load(self, lowvram_model_memory=0, force_patch_weights=False):
-        if self.model is loaded.dem:  # a third of the DEM fits: the rest stays offloaded
-            lowvram_model_memory = max(1, self.model.model_size() // 3 - self.model_loaded_memory())
-            budgets.append(lowvram_model_memory)
-        return original(self, lowvram_model_memory, force_patch_weights)
-
-    monkeypatch.setattr(comfy.model_management.LoadedModel, "model_load", model_load)
-    comfy.model_management.unload_all_models()
+    memory_budget(1 / 3, applies_to=lambda patcher: patcher is loaded.dem)  # the rest stays offloaded
     partial = conditioning(loaded, tiny_clip, tiny_vae)
-    assert budgets and 0 < loaded.dem.loaded_size() < loaded.dem.model_size()
+    assert 0 < loaded.dem.loaded_size() < loaded.dem.model_size()
     offloaded = [m for m in loaded.dem.model.modules() if m.__dict__.get("comfy_cast_weights") is True]
     assert offloaded
     assert torch.equal(partial, full)

@@ -1,8 +1,8 @@
 """Partial loading, ComfyUI's low-VRAM path, gives the fully loaded result for every patch of ours (tier 2).
 
 On a CPU host ComfyUI always loads models fully, so the memory budget that load_models_gpu hands to
-`LoadedModel.model_load` is made small here (as on a GPU short of memory; see
-shared/notes/testing-model-management.md): ComfyUI then leaves part of the model offloaded, casts those
+`LoadedModel.model_load` is made small here (the `memory_budget` fixture, as on a GPU short of memory;
+see shared/notes/testing-model-management.md): ComfyUI then leaves part of the model offloaded, casts those
 weights per forward and patches their LoRA deltas on the fly (LowVramPatch) instead of in place. A
 recording wrapper checks that this really happened during sampling. In float32 both ways are the same
 arithmetic, so results must be bit-identical; the model carries a core LoRA as well as ours.
@@ -11,8 +11,6 @@ Then the user's sequence (plain, ours, plain + core LoRA, ours) on one partly lo
 compared with a fully loaded fresh model.
 """
 
-import comfy.model_base
-import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
 import pytest
@@ -24,28 +22,6 @@ from refcustom.tests.nodes.patch_cases import PATCH_CASES, plain, with_user_lora
 pytestmark = pytest.mark.tier2
 
 BUDGETS = {"half": 0.5, "quarter": 0.25, "almost_nothing": 0.0}  # of the FLUX model's size
-
-
-@pytest.fixture
-def memory_budget(monkeypatch):
-    """set(fraction): the next FLUX loads get `fraction` of the model's size (None: ComfyUI's own choice)."""
-    state = {"fraction": None}
-    original = comfy.model_management.LoadedModel.model_load
-
-    def model_load(self, lowvram_model_memory=0, force_patch_weights=False):
-        if state["fraction"] is not None and isinstance(self.model.model, comfy.model_base.BaseModel):
-            budget = int(state["fraction"] * self.model.model_size())
-            lowvram_model_memory = max(1, budget - self.model_loaded_memory())  # 0 would mean "no limit"
-        return original(self, lowvram_model_memory, force_patch_weights)
-
-    monkeypatch.setattr(comfy.model_management.LoadedModel, "model_load", model_load)
-
-    def set_budget(fraction):
-        comfy.model_management.unload_all_models()
-        state["fraction"] = fraction
-
-    yield set_budget
-    comfy.model_management.unload_all_models()
 
 
 def recording(model, seen: list):

@@ -15,7 +15,6 @@ a reference, so each LoRA's effect is measured where it acts, not through a samp
   loaded alike (bit-identical), and as on float32 (cosine >= 0.98).
 """
 
-import comfy.model_base
 import comfy.model_management
 import comfy.sd
 import comfy.utils
@@ -37,24 +36,9 @@ DREAMO_LORAS = ["dreamo", *sorted(k[:-len("_lora")] for k in ALL_DREAMO_LORAS if
 
 
 @pytest.fixture
-def load_mode(monkeypatch):
+def load_mode(memory_budget):
     """set("full" | "partial"): how the next FLUX loads (partial: nothing fits, everything cast per forward)."""
-    state = {"partial": False}
-    original = comfy.model_management.LoadedModel.model_load
-
-    def model_load(self, lowvram_model_memory=0, force_patch_weights=False):
-        if state["partial"] and isinstance(self.model.model, comfy.model_base.BaseModel):
-            lowvram_model_memory = 1  # one byte: every module offloaded (0 would mean "no limit")
-        return original(self, lowvram_model_memory, force_patch_weights)
-
-    monkeypatch.setattr(comfy.model_management.LoadedModel, "model_load", model_load)
-
-    def set_mode(mode):
-        comfy.model_management.unload_all_models()
-        state["partial"] = mode == "partial"
-
-    yield set_mode
-    comfy.model_management.unload_all_models()
+    return lambda mode: memory_budget(0.0 if mode == "partial" else None)
 
 
 def inputs():
