@@ -121,7 +121,7 @@ class DeviationExtractionModule(nn.Module):
             for layer in (attn.to_q, attn.to_k, attn.to_v):
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.zeros_(layer.bias)
-        for layer in (self.self_attn.to_out, self.cross_attn.to_out, self.mlp[2]):
+        for layer in self.output_layers:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
