@@ -7,8 +7,8 @@ weights per forward and patches their LoRA deltas on the fly (LowVramPatch) inst
 recording wrapper checks that this really happened during sampling. In float32 both ways are the same
 arithmetic, so results must be bit-identical; the model carries a core LoRA as well as ours.
 
-Then the user's sequence (plain, ours, plain + core LoRA, ours) on one partly loaded model, each result
-compared with a fully loaded fresh model.
+Then the user's sequence (plain, ours over a core LoRA, plain + core LoRA, ours, plain) on one partly
+loaded model, each result compared with a fully loaded fresh model.
 """
 
 import comfy.model_patcher
@@ -62,13 +62,16 @@ def test_partial_loading_gives_the_full_load_result(case, tiny_flux, tiny_clip, 
 @pytest.mark.parametrize("case", sorted(PATCH_CASES))
 def test_the_user_sequence_on_a_partly_loaded_model(case, tiny_flux, tiny_clip, tiny_vae, models_dir,
                                                    memory_budget):
-    """plain, ours, plain + core LoRA, ours: on one partly loaded model, each as on a fresh fully loaded one."""
+    """plain, ours over a core LoRA, plain + core LoRA, ours, plain: on one partly loaded model, each graph
+    as on a fresh fully loaded one."""
     run = PATCH_CASES[case]
-    steps = [("plain", plain), ("ours", run), ("plain + core LoRA", lambda m, c, v: plain(with_user_lora(m), c, v)),
-             ("ours again", run)]
+    steps = [("plain", plain), ("ours over a core LoRA", lambda m, c, v: run(with_user_lora(m), c, v)),
+             ("plain + core LoRA", lambda m, c, v: plain(with_user_lora(m), c, v)), ("ours", run),
+             ("plain again", plain)]
     memory_budget(None)
     expected = [step(tiny_host_models.build_tiny_flux(0), tiny_clip, tiny_vae) for _, step in steps]
     memory_budget(BUDGETS["quarter"])
     for (name, step), want in zip(steps, expected, strict=True):
         assert torch.equal(step(tiny_flux, tiny_clip, tiny_vae), want), f"{case}: '{name}' differs from a fresh model"
     assert not torch.equal(expected[0], expected[2])  # the core LoRA does something
+    assert not torch.equal(expected[1], expected[3])  # under ours too
