@@ -18,6 +18,8 @@ import torch
 from ..model.dreamo_conditioning import DreamOConditionEmbedding, DreamOReferenceSet, TokenLayout, tokens_for_latent
 
 DREAMO_COND_KEY = "refcustom_dreamo"
+# Set by DreamO Text Encode: the reference indices k the prompt names with [ref#k].
+PLACEHOLDER_COND_KEY = "refcustom_dreamo_placeholders"
 DREAMO_WRAPPER_KEY = "refcustom_dreamo"
 DIAGONAL_REFERENCE_METHOD = "uxo"  # core FLUX's name for the diagonal layout DreamO was trained with
 
@@ -51,6 +53,26 @@ def layout_for_pass(
     )
 
 
+def require_named_references(named, references: DreamOReferenceSet | None, transformer_options: dict) -> None:
+    """A positive pass whose prompt names [ref#k] must carry DreamO reference k.
+
+    Without it the official model would get a placeholder vector pointing at nothing. Negative passes
+    are not checked: DreamO's negative branch never has references.
+    """
+    if not named or 0 not in transformer_options.get("cond_or_uncond", [0]):
+        return
+    present = {r.index for r in references.references} if references is not None else set()
+    missing = sorted(set(named) - present)
+    if missing:
+        names = ", ".join(f"[ref#{k}]" for k in missing)
+        have = ", ".join(str(k) for k in sorted(present)) or "none"
+        raise ValueError(
+            f"the prompt names {names} but its conditioning has no DreamO reference with that index (indices "
+            f"present: {have}). Add a DreamO Reference node with that index to this prompt's chain, or remove "
+            "the placeholder."
+        )
+
+
 class DreamOEmbeddingWrapper:
     """DIFFUSION_MODEL wrapper that installs `DreamOEmbeddingPatch` for passes with DreamO references."""
 
@@ -64,6 +86,7 @@ class DreamOEmbeddingWrapper:
     def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
                  transformer_options={}, **kwargs):
         references = kwargs.get(DREAMO_COND_KEY)
+        require_named_references(kwargs.get(PLACEHOLDER_COND_KEY), references, transformer_options)
         if references is None:
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         method = kwargs.get("ref_latents_method")

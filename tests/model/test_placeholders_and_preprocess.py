@@ -1,11 +1,12 @@
 """Prompt placeholders and per-task reference preprocessing (tier 1)."""
 
 import math
+import re
 
 import pytest
 import torch
 
-from refcustom.model.placeholders import split_prompt
+from refcustom.model.placeholders import reference_indices_named, split_prompt
 from refcustom.model.reference_preprocess import area_resize_size, prepare_reference
 
 
@@ -17,10 +18,21 @@ def test_split_prompt_maps_placeholders_to_table_rows():
     assert split_prompt("[ref#9]") == [8]
 
 
-@pytest.mark.parametrize("bad", ["[ref#]", "[ref#0]", "[ref#10]", "[ref#a]", "[REF# ]"])
+@pytest.mark.parametrize("bad", ["[ref#]", "[ref#0]", "[ref#10]", "[ref#a]", "[REF# ]", "[REF#1]", "[RES]", "[Res]"])
 def test_malformed_placeholders_are_errors(bad):
     with pytest.raises(ValueError, match="not valid"):
         split_prompt(f"a cat from {bad}")
+
+
+@pytest.mark.parametrize("written,fix", [("[REF#1]", "[ref#1]"), ("[RES]", "[res]"), ("[ ref#3 ]", "[ref#3]")])
+def test_wrong_case_or_spacing_names_the_lower_case_placeholder(written, fix):
+    with pytest.raises(ValueError, match=re.escape(f"lower case: write {fix}")):
+        split_prompt(f"a cat from {written}")
+
+
+def test_reference_indices_named_leaves_out_res():
+    assert reference_indices_named("a [ref#3] and [ref#1], [res] [ref#3]") == {1, 3}
+    assert reference_indices_named("plain") == frozenset()
 
 
 @pytest.mark.parametrize("h,w,res", [(1000, 750, 512), (333, 777, 512), (512, 512, 768), (64, 2000, 512)])
