@@ -24,8 +24,18 @@ from ..model.reference_preprocess import prepare_reference
 from .aligngen_loader import AlignGenWeightsType
 from .aligngen_patch import ALIGNGEN_COND_KEY, AlignGenCond, AlignGenConditioning
 from .conditioning_edit import with_diagonal_reference
-from .dreamo_text import T5_KEY, _strip_end, _t5_width
+from .dreamo_text import T5_KEY, _t5_width
 from .reference_encoding import require_finite_latent
+
+
+def _strip_end(batch: list, end_token: int, pad_token: int) -> list:
+    """Tokens of one piece without the end token and padding the tokenizer appended."""
+    tokens = list(batch)
+    while tokens and not hasattr(tokens[-1][0], "shape") and tokens[-1][0] == pad_token:
+        tokens.pop()
+    if tokens and not hasattr(tokens[-1][0], "shape") and tokens[-1][0] == end_token:
+        tokens.pop()
+    return tokens
 
 
 def _t5_piece(clip, text: str, tokenizer) -> list:

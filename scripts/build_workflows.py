@@ -223,9 +223,11 @@ def wf_id() -> Graph:
         "DreamO identity (ID) with a true negative prompt. Task id expects a face crop: it is centre-cropped "
         "square and resized to 512 (ref_res does not apply). A face-parsing MASK (1 = face) can whiten the rest.\n"
         "True CFG: the DreamO True CFG Guider runs the negative prompt WITHOUT references and without DreamO's "
-        "embeddings, as the official pipeline does (pred = neg + cfg * (pos - neg)); cfg 2.0 over the whole "
-        "schedule (start 0, end 1). cfg 1.0 switches the negative branch off. The negative keeps FLUX's default "
-        "guidance 3.5 (the official neg_guidance).\n"
+        "embeddings, as the official pipeline does (pred = neg + cfg * (pos - neg)); cfg 2.0 on every step "
+        "(start_step 0, end_step 10000; the window is start_step <= step < end_step, as the official "
+        "true_cfg_start_step / true_cfg_end_step). cfg 1.0 switches the negative branch off. The negative keeps "
+        "FLUX's default guidance 3.5 (the official neg_guidance); first_step_guidance 0 keeps the positive's "
+        "guidance on step 0 too.\n"
         "The image is decoded from SamplerCustomAdvanced's denoised_output.\n"
         "Tip (maintainers): lower FluxGuidance to 2.5-3 if faces look glossy or plastic."
     )
@@ -238,7 +240,7 @@ def wf_id() -> Graph:
                      text="blurry, plastic skin, oversaturated", clip=base["clip"][0])
     noise = g.add("RandomNoise", None, None, noise_seed=SEED)
     guider = g.add("RefCustom_TrueCFGGuider", None, None, model=base["dreamo"][0], positive=guided[0],
-                   negative=negative[0], cfg=2.0, start_percent=0.0, end_percent=1.0)
+                   negative=negative[0], cfg=2.0, start_step=0, end_step=10000, first_step_guidance=0.0)
     sampler = g.add("KSamplerSelect", None, None, sampler_name="euler")
     sigmas = g.add("BasicScheduler", None, None, model=base["dreamo"][0], scheduler="simple", steps=25, denoise=1.0)
     latent = g.add("EmptySD3LatentImage", None, None, width=1024, height=1024, batch_size=1)

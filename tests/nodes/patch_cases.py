@@ -100,7 +100,7 @@ def true_cfg_guider(model, clip, vae):
     patched, dreamo = load_dreamo(model)
     (text,) = DreamOTextEncode.execute(clip, dreamo, "a portrait of [ref#1]").args
     positive = DreamOReferenceNode.execute(text, vae, reference_image(), "ip", 64, 0, None).args[0]
-    (guider,) = TrueCFGGuiderNode.execute(patched, positive, encode(clip, "blurry"), 2.0, 0.0, 1.0).args
+    (guider,) = TrueCFGGuiderNode.execute(patched, positive, encode(clip, "blurry"), 2.0, 0, 10000, 0.0).args
     return guide(guider, patched)
 
 

@@ -9,12 +9,9 @@ import nodes as comfy_nodes
 import pytest
 import torch
 
-from refcustom.model.dreamo_weights import DreamOEmbeddingTables
 from refcustom.nodes.conditioning_edit import without_references
-from refcustom.nodes.dreamo_loader import DreamOWeights
 from refcustom.nodes.dreamo_patch import DREAMO_COND_KEY
 from refcustom.nodes.dreamo_reference import DreamOReferenceNode
-from refcustom.nodes.dreamo_text import DreamOTextEncode, tokenize_with_placeholders
 from refcustom.nodes.true_cfg_guider import TrueCFGGuiderNode
 from refcustom.tests.fixtures.dreamo_files import tiny_embedding_tables
 from refcustom.tests.nodes.dreamo_loading import load_dreamo
@@ -136,50 +133,7 @@ def test_loading_dreamo_twice_on_one_model_is_refused(tiny_flux, models_dir):
         load_dreamo(patched)
 
 
-# ---- placeholders ----
-
-def test_placeholders_are_the_dreamo_vectors_inside_t5(tiny_clip, tiny_flux, models_dir):
-    """Independent check: put DreamO's [ref#2] vector into a spare T5 vocabulary row and encode that token id."""
-    _, dreamo = load_dreamo(tiny_flux)
-    text = "a dog from [ref#2] on grass"
-    (ours,) = DreamOTextEncode.execute(tiny_clip, dreamo, text).args
-
-    spare_id = 32099  # a sentinel id the prompt never produces
-    prefix = [t for t, _ in tiny_clip.tokenize("a dog from")["t5xxl"][0] if t not in (0, 1)]
-    suffix = [t for t, _ in tiny_clip.tokenize("on grass")["t5xxl"][0] if t not in (0, 1)]
-    ids = prefix + [spare_id] + suffix + [1]
-    ids += [0] * (256 - len(ids))
-    tokens = tiny_clip.tokenize(text)
-    tokens["t5xxl"] = [[(i, 1.0) for i in ids]]
-    table = tiny_clip.cond_stage_model.t5xxl.transformer.get_input_embeddings().weight
-    saved = table[spare_id].clone()
-    with torch.no_grad():
-        table[spare_id] = tiny_embedding_tables(0)["dreamo_t5_embedding.weight"][-10:][1]
-    try:
-        expected = tiny_clip.encode_from_tokens_scheduled(tokens)
-    finally:
-        with torch.no_grad():
-            table[spare_id] = saved
-    assert ours[0][0].shape == expected[0][0].shape
-    torch.testing.assert_close(ours[0][0], expected[0][0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours[0][1]["pooled_output"], expected[0][1]["pooled_output"])
-
-
-def test_prompt_without_placeholders_equals_clip_text_encode(tiny_clip, tiny_flux, models_dir):
-    _, dreamo = load_dreamo(tiny_flux)
-    (ours,) = DreamOTextEncode.execute(tiny_clip, dreamo, "a plain prompt").args
-    torch.testing.assert_close(ours[0][0], encode(tiny_clip, "a plain prompt")[0][0])
-
-
-def test_placeholder_errors(tiny_clip):
-    tables = DreamOEmbeddingTables(task=torch.zeros(2, 64), index=torch.zeros(10, 64), placeholders=None)
-    with pytest.raises(ValueError, match="no T5 placeholder table"):
-        tokenize_with_placeholders(tiny_clip, "a cat from [ref#1]", None)
-    with pytest.raises(ValueError, match=r"placeholder '\[ref#\]' is not valid"):
-        DreamOTextEncode.execute(tiny_clip, DreamOWeights(tables, "x"), "a cat from [ref#]")
-    wide = torch.zeros(10, 4096)
-    with pytest.raises(ValueError, match="4096 wide but this T5 is 32 wide"):
-        tokenize_with_placeholders(tiny_clip, "a cat from [ref#1]", wide)
+# ---- placeholders: tests/nodes/test_dreamo_text_encode.py ----
 
 
 # ---- true negative ----
@@ -200,7 +154,7 @@ def test_true_cfg_guider_negative_runs_without_references(tiny_flux, tiny_clip, 
     dirty_negative = [[clean_negative[0][0], {**positive[0][1], "pooled_output": clean_negative[0][1]["pooled_output"]}]]
 
     def run(positive_cond, negative, cfg):
-        (guider,) = TrueCFGGuiderNode.execute(model, positive_cond, negative, cfg, 0.0, 1.0).args
+        (guider,) = TrueCFGGuiderNode.execute(model, positive_cond, negative, cfg, 0, 10000, 0.0).args
         noise = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
         # One Euler step from sigma 1 to 0 returns the guided x0 prediction itself.
         sigmas = torch.tensor([1.0, 0.0])
@@ -219,8 +173,8 @@ def test_true_cfg_guider_negative_runs_without_references(tiny_flux, tiny_clip, 
 
 def test_guider_rejects_an_inverted_range(tiny_flux, tiny_clip):
     cond = encode(tiny_clip, "x")
-    with pytest.raises(ValueError, match="start_percent"):
-        TrueCFGGuiderNode.execute(tiny_flux, cond, cond, 2.0, 0.8, 0.2)
+    with pytest.raises(ValueError, match="start_step"):
+        TrueCFGGuiderNode.execute(tiny_flux, cond, cond, 2.0, 8, 2, 0.0)
 
 
 # ---- batch > 1 and isolation ----
