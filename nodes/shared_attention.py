@@ -6,16 +6,25 @@ import comfy.patcher_extension
 from comfy_api.latest import io
 
 from .dreamo_loader import require_flux
-from .reference_encoding import encode_with_progress
-from .shared_attention_patch import SHARED_ATTENTION_KEY, SharedAttentionSettings, SharedAttentionWrapper
+from .shared_attention_patch import (
+    SHARED_ATTENTION_KEY,
+    ReferenceEncodeWrapper,
+    ReferenceImages,
+    SharedAttentionSettings,
+    SharedAttentionWrapper,
+)
 
 
 def with_shared_attention(model, settings: SharedAttentionSettings):
-    """A clone of `model` whose shared-attention wrapper (if any) is replaced by one with `settings`."""
+    """A clone of `model` whose shared-attention wrappers (if any) are replaced by ones with `settings`."""
+    wrappers = comfy.patcher_extension.WrappersMP
     patched = model.clone()
-    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY,
-                                 SharedAttentionWrapper(settings))
+    patched.remove_wrappers_with_key(wrappers.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
+    patched.remove_wrappers_with_key(wrappers.OUTER_SAMPLE, SHARED_ATTENTION_KEY)
+    patched.add_wrapper_with_key(wrappers.DIFFUSION_MODEL, SHARED_ATTENTION_KEY, SharedAttentionWrapper(settings))
+    if settings.references is not None:
+        patched.add_wrapper_with_key(wrappers.OUTER_SAMPLE, SHARED_ATTENTION_KEY,
+                                     ReferenceEncodeWrapper(settings.references))
     return patched
 
 
@@ -120,7 +129,9 @@ class SharedAttentionReferenceNode(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The FLUX-family model to sample with; the references run through it too."),
                 io.Vae.Input("vae", tooltip="The VAE of this model (encodes the references)."),
-                io.Image.Input("reference", tooltip="One or more reference images (a batch); resized to the latent size."),
+                io.Image.Input("reference", tooltip="One or more reference images (a batch). When sampling starts they "
+                                                        "are area-resized to the sampled latent's pixel size and "
+                                                        "VAE-encoded at that size."),
                 io.Mask.Input("reference_mask", optional=True,
                               tooltip="One mask per reference (1 = the object to borrow); none = the whole reference."),
                 io.Int.Input("dilation", default=9, min=1, max=31, step=2,
@@ -144,12 +155,13 @@ class SharedAttentionReferenceNode(io.ComfyNode):
         require_flux(model, "Masked Shared Attention")
         if dilation % 2 == 0:
             raise ValueError(f"dilation must be odd (a centred square), got {dilation}")
-        latents = model.model.process_latent_in(encode_with_progress(vae, reference[..., :3]).float()).cpu()
+        # Encoded when sampling starts, at the sampled latent's size (see ReferenceImages).
+        references = ReferenceImages(reference[..., :3], vae, model.model.process_latent_in)
         masks = None
         if reference_mask is not None:
             masks = (reference_mask if reference_mask.ndim == 3 else reference_mask.unsqueeze(0)).float().cpu()
-            if masks.shape[0] != latents.shape[0]:
-                raise ValueError(f"{masks.shape[0]} reference masks for {latents.shape[0]} reference images; give one each.")
+            if masks.shape[0] != references.count:
+                raise ValueError(f"{masks.shape[0]} reference masks for {references.count} reference images; give one each.")
             if tuple(masks.shape[1:]) != tuple(reference.shape[1:3]):
                 raise ValueError(
                     f"the reference mask is {masks.shape[2]}x{masks.shape[1]} but the reference is "
@@ -157,7 +169,7 @@ class SharedAttentionReferenceNode(io.ComfyNode):
                 )
         settings = SharedAttentionSettings(masks=None, dilation=dilation, full_shared_steps=full_shared_steps,
                                            full_shared_above_sigma=full_shared_above_sigma,
-                                           patch_negative=patch_negative, references=latents, reference_masks=masks,
+                                           patch_negative=patch_negative, references=references, reference_masks=masks,
                                            model_sampling=model.get_model_object("model_sampling"),
                                            noise_seed=noise_seed)
         return io.NodeOutput(with_shared_attention(model, settings))

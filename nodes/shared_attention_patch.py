@@ -13,6 +13,9 @@ only, two things through public extension points:
 
 The first `full_shared_steps` steps share every image token; later steps share the masked foreground.
 A pass with nothing to share installs nothing, so it is exactly the unpatched model.
+
+Reference mode (Shared Attention Reference) adds an OUTER_SAMPLE wrapper: when sampling starts, and
+before the diffusion model loads, it VAE-encodes the reference images at the sampled latent's size.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..model.reference_preprocess import resize_area
 from ..model.shared_attention import (
     foreground_from_attention,
     foreground_tokens,
@@ -30,6 +34,54 @@ from ..model.shared_attention import (
 )
 
 SHARED_ATTENTION_KEY = "refcustom_shared_attention"
+
+
+class ReferenceImages:
+    """Reference mode's images [R, H, W, 3], VAE-encoded at the size of the latent being sampled.
+
+    That size is known only when sampling starts (the node never sees the latent), so the pixels are
+    kept and, per latent size, area-resized to latent size x the VAE factor and encoded then: the VAE
+    sees the generation's size, never the upload's (a 6000x4000 photo encoded at full size took the
+    server +17.8 GB). The latents of the last size are kept: every step, and repeated samples of that
+    size, reuse them.
+    """
+
+    def __init__(self, images: torch.Tensor, vae, process_latent_in):
+        self.images = images
+        self.vae = vae
+        self.process_latent_in = process_latent_in
+        self._cached: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    @property
+    def count(self) -> int:
+        return self.images.shape[0]
+
+    def latents(self, size) -> torch.Tensor:
+        """[R, C, h, w] latents in the model's space (CPU) for a latent of spatial size (h, w)."""
+        size = (int(size[0]), int(size[1]))
+        if self._cached is None or self._cached[0] != size:
+            factor = self.vae.spacial_compression_encode()
+            pixels = resize_area(self.images, (size[0] * factor, size[1] * factor))
+            # No progress ticks: this runs inside the sampler node, whose bar counts sampling steps only.
+            latents = self.process_latent_in(self.vae.encode(pixels).float()).cpu()
+            self._cached = (size, latents)
+        return self._cached[1]
+
+
+class ReferenceEncodeWrapper:
+    """OUTER_SAMPLE wrapper: encodes the references at the sampled latent's size before the sampler
+    loads the diffusion model, since loading the VAE inside a model forward could evict that model."""
+
+    def __init__(self, references: ReferenceImages):
+        self.references = references
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, noise, latent_image, *args, **kwargs):
+        if latent_image.ndim == 4:  # [B, C, h, w]; other layouts are encoded at the first forward instead
+            self.references.latents(latent_image.shape[-2:])
+        return executor(noise, latent_image, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -44,9 +96,9 @@ class SharedAttentionSettings:
     patch_negative: bool = False
     word_tokens: tuple[int, ...] = ()
     kernel: object = field(default=masked_shared_attention, compare=False)
-    # Reference mode: latents [R, C, h, w] in the model's space, their pixel masks [R, H, W] (None = all),
-    # the model's sampling object (to noise them to each step's sigma) and the seed of that noise.
-    references: torch.Tensor | None = None
+    # Reference mode: the reference images (encoded per latent size), their pixel masks [R, H, W]
+    # (None = all), the model's sampling object (to noise them to each step's sigma) and the seed of that noise.
+    references: ReferenceImages | None = None
     reference_masks: torch.Tensor | None = None
     model_sampling: object = field(default=None, compare=False)
     noise_seed: int = 0
@@ -243,7 +295,7 @@ class SharedAttentionWrapper:
             raise ValueError("reference mode needs ComfyUI's sampler (the current sigma was not passed).")
         patch_size = executor.class_obj.patch_size
         grid = ((x.shape[-2] + patch_size - 1) // patch_size, (x.shape[-1] + patch_size - 1) // patch_size)
-        count = settings.references.shape[0]
+        count = settings.references.count
         if settings.full_phase(transformer_options) or settings.reference_masks is None:
             lent = torch.ones(count, grid[0] * grid[1], dtype=torch.bool)
         else:
@@ -252,9 +304,8 @@ class SharedAttentionWrapper:
             return plain()
 
         sigma = float(sigmas.max())
-        references = settings.references.to(device=x.device, dtype=torch.float32)
-        if tuple(references.shape[-2:]) != tuple(x.shape[-2:]):
-            references = torch.nn.functional.interpolate(references, size=x.shape[-2:], mode="bilinear")
+        # Encoded at this latent's size by ReferenceEncodeWrapper before sampling; cached since.
+        references = settings.references.latents(x.shape[-2:]).to(device=x.device, dtype=torch.float32)
         generator = torch.Generator().manual_seed(settings.noise_seed * 1_000_003 + round(sigma * 1e6))
         noise = torch.randn(references.shape, generator=generator).to(references)
         sigma_rows = torch.full((count,), sigma, device=x.device)

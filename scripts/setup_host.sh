@@ -10,7 +10,7 @@
 # 2. Create <host>/.venv if it is missing: torch 2.14.1 + torchvision 0.29.1, torchaudio 2.11.0, ComfyUI's
 #    requirements.txt, then this pack's requirements.txt, pytest, transformers and sentencepiece.
 # 3. Install this pack's requirements into that venv if `import diffusers, peft, safetensors, einops,
-#    kornia, accelerate` fails (and pytest if it is missing), keeping the venv's torch as it is.
+#    kornia, cv2, accelerate` fails (and pytest if it is missing), keeping the venv's torch as it is.
 # 3b. Install the tier-2 test tools (websocket-client, playwright) and, as root with apt-get, Debian's chromium.
 # 4. Link this repository as <host>/custom_nodes/refcustom unless a link to it is already there.
 # Progress goes to stderr; the last line on stdout is the host's path.
@@ -97,13 +97,13 @@ if [ ! -x "$PY" ]; then
 fi
 
 # ---- 3. this pack's dependencies ----
-if ! "$PY" -c "import diffusers, peft, safetensors, einops, kornia, accelerate" >/dev/null 2>&1; then
+if ! "$PY" -c "import diffusers, peft, safetensors, einops, kornia, cv2, accelerate" >/dev/null 2>&1; then
   say "installing refcustom's requirements into $HOST/.venv"
   PINS="$(pin_torch)"
   if [ -f "$REPO/requirements.txt" ]; then
     "$PY" -m pip install -q -c "$PINS" -r "$REPO/requirements.txt"
   else
-    "$PY" -m pip install -q -c "$PINS" diffusers peft safetensors einops kornia accelerate
+    "$PY" -m pip install -q -c "$PINS" diffusers peft safetensors einops kornia opencv-python-headless accelerate
   fi
   rm -f "$PINS"
 fi

@@ -43,7 +43,7 @@ else
     echo "test.sh: creating .venv (torch 2.13.0 CPU)" >&2
     "$PY3" -m venv .venv
   fi
-  if ! "$PY" -c "import torch, diffusers, peft, safetensors, einops, kornia, accelerate, pytest" >/dev/null 2>&1; then
+  if ! "$PY" -c "import torch, diffusers, peft, safetensors, einops, kornia, cv2, accelerate, pytest" >/dev/null 2>&1; then
     echo "test.sh: installing torch 2.13.0 (CPU), requirements.txt and pytest into .venv" >&2
     "$PY" -m pip install -q torch==2.13.0
     PINS="$(mktemp)"

@@ -55,9 +55,17 @@ def test_dreamo_reference_ticks_once_per_image_and_encodes_like_one_batch(tiny_f
     torch.testing.assert_close(prepared, prepare_reference(images, "ip", 64))
 
 
-def test_shared_attention_reference_ticks_once_per_reference_image(tiny_flux, tiny_vae, ticks):
+def test_shared_attention_reference_leaves_the_bars_to_the_sampler(tiny_flux, tiny_clip, tiny_vae, ticks):
+    """It does no long work itself (its references are encoded when sampling starts, at the sampled size),
+    and that encode does not tick inside the sampler node, whose bar counts steps only."""
+    import nodes as comfy_nodes
+
     from refcustom.nodes.shared_attention import SharedAttentionReferenceNode
 
     references = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
-    SharedAttentionReferenceNode.execute(tiny_flux, tiny_vae, references, 1, 1, False, 3)
-    assert ticks == [(1, 2), (2, 2)]
+    (patched,) = SharedAttentionReferenceNode.execute(tiny_flux, tiny_vae, references, 1, 1, False, 3).args
+    assert ticks == []
+    positive = tiny_clip.encode_from_tokens_scheduled(tiny_clip.tokenize("a toy"))
+    latent = {"samples": torch.zeros(1, 16, 4, 4)}
+    comfy_nodes.common_ksampler(patched, 0, 3, 1.0, "euler", "simple", positive, positive, latent)
+    assert ticks == [(1, 3), (2, 3), (3, 3)]

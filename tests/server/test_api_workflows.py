@@ -171,9 +171,10 @@ def assert_sampler_progress(events, graph):
 
 
 # Our nodes that tick ComfyUI's progress bar (issue 8 point 5): what the page's node bar and the
-# WebSocket's `progress` messages show while they work.
+# WebSocket's `progress` messages show while they work. (Shared Attention Reference does no long work
+# itself: its references are encoded when sampling starts, at the sampled size.)
 PROGRESS_NODES = {"RefCustom_DreamOLoader", "RefCustom_DreamOReference", "RefCustom_AlignGenLoader",
-                  "RefCustom_AlignGenConditioning", "RefCustom_SharedAttentionReference"}
+                  "RefCustom_AlignGenConditioning"}
 
 
 def assert_our_progress(events, graph):
