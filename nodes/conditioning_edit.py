@@ -12,9 +12,11 @@ from __future__ import annotations
 import torch
 
 from .aligngen_patch import ALIGNGEN_COND_KEY, AlignGenCond
-from .dreamo_patch import DIAGONAL_REFERENCE_METHOD, DREAMO_COND_KEY
+from .dreamo_patch import DIAGONAL_REFERENCE_METHOD, DREAMO_COND_KEY, PLACEHOLDER_COND_KEY
 
-REFERENCE_MODEL_CONDS = (DREAMO_COND_KEY, ALIGNGEN_COND_KEY)
+# The [ref#k] indices a DreamO prompt names go with its references: a branch without references (or
+# with another prompt's text) no longer names any.
+REFERENCE_MODEL_CONDS = (DREAMO_COND_KEY, ALIGNGEN_COND_KEY, PLACEHOLDER_COND_KEY)
 
 REFERENCE_KEYS = ("reference_latents", "reference_latents_method")
 
@@ -77,10 +79,12 @@ def with_prompt_replaced(conditioning: list, neutral: list, prompt: list | None 
                 "Redux strength_type 'multiply'."
             )
         new = dict(cond)
-        aligngen = cond.get("model_conds", {}).get(ALIGNGEN_COND_KEY)
+        if PLACEHOLDER_COND_KEY in cond.get("model_conds", {}):  # the neutral text names no reference
+            new["model_conds"] = {k: v for k, v in cond["model_conds"].items() if k != PLACEHOLDER_COND_KEY}
+        aligngen = new.get("model_conds", {}).get(ALIGNGEN_COND_KEY)
         if aligngen is not None:
             # The concept's T5 rows belong to the replaced prompt: the neutral text has no concept tokens.
-            new["model_conds"] = {**cond["model_conds"],
+            new["model_conds"] = {**new["model_conds"],
                                   ALIGNGEN_COND_KEY: AlignGenCond(aligngen.cond.without_concept())}
         if "pooled_output" in neutral_extra:
             new["pooled_output"] = neutral_extra["pooled_output"]

@@ -54,12 +54,16 @@ def layout_for_pass(
 
 
 def require_named_references(named, references: DreamOReferenceSet | None, transformer_options: dict) -> None:
-    """A positive pass whose prompt names [ref#k] must carry DreamO reference k.
+    """A pass whose prompt names [ref#k] must carry DreamO reference k.
 
-    Without it the official model would get a placeholder vector pointing at nothing. Negative passes
-    are not checked: DreamO's negative branch never has references.
+    Without it the official model would get a placeholder vector pointing at nothing. A pass with no
+    DreamO references at all is checked only when it is core's positive branch (cond_or_uncond 0):
+    a negative prompt never has references (DreamO's true negative), and a prompt left without any
+    reference node is the mistake to catch on the positive.
     """
-    if not named or 0 not in transformer_options.get("cond_or_uncond", [0]):
+    if not named:
+        return
+    if references is None and 0 not in transformer_options.get("cond_or_uncond", [0]):
         return
     present = {r.index for r in references.references} if references is not None else set()
     missing = sorted(set(named) - present)

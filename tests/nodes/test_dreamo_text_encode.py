@@ -16,8 +16,12 @@ import nodes as comfy_nodes
 import pytest
 import torch
 
+from refcustom.model.dreamo_conditioning import DreamOReference, DreamOReferenceSet
+from refcustom.nodes.conditioning_edit import with_prompt_replaced, without_references
+from refcustom.nodes.dreamo_patch import PLACEHOLDER_COND_KEY, require_named_references
 from refcustom.nodes.dreamo_reference import DreamOReferenceNode
 from refcustom.nodes.dreamo_text import DreamOTextEncode, official_t5_tokens
+from refcustom.nodes.true_cfg_guider import TrueCFGGuiderNode
 from refcustom.tests.fixtures import dreamo_t5_oracle
 from refcustom.tests.nodes.dreamo_loading import load_dreamo
 
@@ -191,3 +195,31 @@ def test_the_check_runs_on_models_sampled_by_core_guiders(tiny_flux, tiny_clip, 
     with pytest.raises(ValueError, match=r"names \[ref#3\]"):
         guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"),
                       torch.tensor([1.0, 0.0]), seed=0)
+
+
+def test_the_rule_holds_in_any_branch_order_and_for_the_true_negative(
+        tiny_flux, tiny_clip, tiny_vae, models_dir, reference_image):
+    """Guiders order their branches as they like (the normalized guider puts the negative first), so a
+    pass with references is checked whatever its place; branches built without references or with a
+    neutral prompt no longer name any reference."""
+    one_reference = DreamOReferenceSet((DreamOReference(index=1, slot=0),))
+    with pytest.raises(ValueError, match=r"names \[ref#9\]"):
+        require_named_references(frozenset({9}), one_reference, {"cond_or_uncond": [2]})
+    require_named_references(frozenset({1}), one_reference, {"cond_or_uncond": [2]})
+    require_named_references(frozenset({1}), None, {"cond_or_uncond": [1]})  # a negative prompt
+
+    model, dreamo = load_dreamo(tiny_flux)
+    (named,) = DreamOTextEncode.execute(tiny_clip, dreamo, "a toy from [ref#1]", 256).args
+    positive = with_reference(named, tiny_vae, reference_image)
+    assert PLACEHOLDER_COND_KEY in positive[0][1]["model_conds"]
+    assert PLACEHOLDER_COND_KEY not in without_references(positive)[0][1]["model_conds"]
+    neutral = DreamOTextEncode.execute(tiny_clip, dreamo, "a toy", 256).args[0]
+    assert PLACEHOLDER_COND_KEY not in with_prompt_replaced(positive, neutral)[0][1]["model_conds"]
+
+    # DreamO True CFG Guider strips the negative's references; the negative (the positive itself, as a
+    # Kontext-style graph might wire it) then names [ref#1] with no reference, and must still run.
+    (guider,) = TrueCFGGuiderNode.execute(model, positive, positive, 2.0, 0, 10000, 0.0).args
+    noise = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"),
+                        torch.tensor([1.0, 0.5, 0.0]), seed=0)
+    assert torch.isfinite(out).all()
