@@ -1,8 +1,11 @@
 """Command line: `python -m refcustom.train <command>` (also installed as `refcustom-train`).
 
-  train --config FILE [--max-steps N] [--set key.path=value ...]
+  train --config FILE [--max-steps N] [--set key.path=value ...] [--allow-config-change [KEY[,KEY]]]
         Train (resuming from the last checkpoint in output_dir if there is one) and export.
-  export --config FILE [--out PATH]
+        Resume refuses a config that differs from the run's (output_dir, model.tiny_dir, data.cache,
+        data.cache_dir, data.num_workers and run.* excepted) unless the changed keys, or a section
+        holding them (stages, optim), are named with --allow-config-change; alone it accepts any change.
+  export --config FILE [--out PATH] [--allow-config-change [KEY[,KEY]]]
         Export the last checkpoint without training further.
   print-config [--mode dreamo|aligngen]
         Print every option with its documentation, as a YAML file to start from.
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import yaml
@@ -23,13 +27,19 @@ def _overrides(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set takes key.path=value, got {pair!r}")
+            raise ValueError(f"--set takes key.path=value, got {pair!r}")
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
     return out
+
+
+def _allowed(value: str | None) -> bool | list[str]:
+    if value is None:
+        return False
+    return True if value == "*" else [key.strip() for key in value.split(",") if key.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--config", required=True)
     export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     export.add_argument("--out", default=None)
+    for command in (train, export):
+        command.add_argument("--allow-config-change", nargs="?", const="*", default=None, metavar="KEY[,KEY]",
+                             help="resume even though these options (or sections, e.g. stages) changed; alone: any")
     show = commands.add_parser("print-config", help="print every option with its documentation")
     show.add_argument("--mode", default="dreamo", choices=["dreamo", "aligngen"])
     synthetic = commands.add_parser("synthetic-data", help="write the synthetic shapes dataset")
@@ -64,14 +77,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.count} samples to {folder}")
         return 0
 
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad configs, datasets and run folders raise these with a message that names the fix; a
+        # traceback would bury it. REFCUSTOM_TRAIN_TRACEBACK=1 shows it for debugging.
+        if os.environ.get("REFCUSTOM_TRAIN_TRACEBACK") == "1":
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     from .config import load_config
     from .trainer import Trainer
 
     config = load_config(args.config, _overrides(args.set))
-    trainer = Trainer(config)
+    trainer = Trainer(config, allow_config_change=_allowed(args.allow_config_change))
     if args.command == "export":
         if not trainer.resume():
-            raise SystemExit(f"no checkpoint in {config.output_dir}/checkpoints to export")
+            raise ValueError(f"no checkpoint in {config.output_dir}/checkpoints to export: train first")
         path = trainer.export() if args.out is None else _export_to(trainer, args.out)
     else:
         path = trainer.train(max_steps=args.max_steps)

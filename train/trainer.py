@@ -7,8 +7,10 @@ Run it with `python -m refcustom.train train --config cfg.yaml` on one GPU, or u
 Resume is exact: every random choice (data order, prompt variants, timesteps, noise, dropped
 tokens) comes from the batch plan (a pure function of seed and epoch) and one torch.Generator per
 process whose state is checkpointed with the trainable weights, the optimizer and the position in
-the epoch. A checkpoint is written to a temporary folder and renamed, so an interruption never
-leaves a half-written one.
+the epoch (and, under fp16, the GradScaler's scale). A checkpoint is written to a temporary folder
+and renamed, so an interruption never leaves a half-written one. Checkpoints hold safetensors and
+JSON only, never pickles (checkpoint_state.py says why), and resume refuses a changed config unless
+the change is allowed by name.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from . import checkpoint_state
 from .cache import TensorCache
 from .components import DTYPES, PromptEncoder, decode_latents, encode_latents, load_flux, pack, unpack
 from .config import TrainConfig
@@ -34,11 +37,13 @@ CHECKPOINTS = "checkpoints"
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, accelerator=None):
+    def __init__(self, config: TrainConfig, accelerator=None, allow_config_change: bool | list[str] = False):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
         self.config = config
+        # Resume refuses a checkpoint trained with other options unless they are named here (True: any).
+        self.allow_config_change = allow_config_change
         self.output = Path(config.output_dir)
         # Under DDP some trainable tensors may get no gradient in a step (L_holder skips plain prompts,
         # the placeholder rows live outside the transformer's forward): let DDP look for them.
@@ -50,11 +55,12 @@ class Trainer:
         device = self.accelerator.device
         # peft draws its LoRA init from the global RNG: seed it so two runs of one config start equal.
         set_seed(config.seed)
+        # The dataset is checked first: a bad metadata line must not cost a model load (or write the tiny one).
+        self.records = read_metadata(config.data.folder)
         self.model_path = self._model_path()
         self.parts = load_flux(self.model_path, DTYPES[config.model.weight_dtype], device)
         cache_dir = Path(config.data.cache_dir or self.output / "cache")
         self.latent_cache = TensorCache(cache_dir / "latents", enabled=config.data.cache)
-        self.records = read_metadata(config.data.folder)
         self.dataset = ReferenceDataset(self.records, config.data.resolution, config.data.reference_resolution)
 
         if config.mode == "dreamo":
@@ -170,13 +176,14 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        torch.save({"generator": self.generator.get_state()}, tmp / f"rng-{acc.process_index}.pt")
+        checkpoint_state.save_rng(tmp, acc.process_index, self.generator)
         if acc.is_main_process:
             save_file(self.method.trainable_state_dict(), str(tmp / "trainable.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            checkpoint_state.save_optimizer(tmp, self.optimizer.state_dict())
             state = {"step": self.step, "epoch": self.epoch, "position": self.position, "plan_stage": self.plan_stage,
-                     "processes": acc.num_processes, "config": asdict(self.config)}
-            (tmp / "state.json").write_text(json.dumps(state, indent=1))
+                     "processes": acc.num_processes, "grad_scaler": checkpoint_state.scaler_state(acc.scaler),
+                     "config": asdict(self.config)}
+            checkpoint_state.write_json(tmp / "state.json", state)
         acc.wait_for_everyone()
         if acc.is_main_process:
             os.replace(tmp, final)  # atomic: a checkpoint folder either exists whole or not at all
@@ -189,14 +196,22 @@ class Trainer:
         if not found:
             return False
         last = found[-1]
-        state = json.loads((last / "state.json").read_text())
+        checkpoint_state.refuse_pickles(last)
+        state = checkpoint_state.read_json(last / "state.json")
         if state["processes"] != self.accelerator.num_processes:
             raise ValueError(f"{last} was written by {state['processes']} processes; resume with the same number "
                              f"(this run has {self.accelerator.num_processes}) to continue exactly")
-        self.method.load_trainable_state_dict(load_file(str(last / "trainable.safetensors")))
-        self.optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=False))
-        rng = torch.load(last / f"rng-{self.accelerator.process_index}.pt", weights_only=False)
-        self.generator.set_state(rng["generator"])
+        current = json.loads(json.dumps(asdict(self.config)))
+        changed = checkpoint_state.config_differences(state["config"], current, self.allow_config_change)
+        if changed:
+            raise ValueError(f"{last} was trained with another config; changed: {'; '.join(changed)}. Resume with the "
+                             "config the run started with, start a new run (another output_dir), or accept the change "
+                             "with --allow-config-change KEY[,KEY] (a key or a section such as stages or optim; "
+                             "alone: every key)")
+        self.method.load_trainable_state_dict(checkpoint_state.read_tensors(last / "trainable.safetensors"))
+        self.optimizer.load_state_dict(checkpoint_state.load_optimizer(last))
+        checkpoint_state.load_rng(last, self.accelerator.process_index, self.generator)
+        checkpoint_state.set_scaler_state(self.accelerator.scaler, state.get("grad_scaler"))
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.plan_stage = state["plan_stage"]
         return True
