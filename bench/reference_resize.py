@@ -8,6 +8,9 @@ own extra memory. Time: the median of `--repeats` calls. The previous path is sk
 6000x4000 (it needs tens of seconds and several GB there). Target: up to 8000x8000 well under a
 second, extra memory about the uint8 copy plus the output.
 
+Then the worst accepted cases (model/reference_preprocess.py refuses larger): one image at
+MAX_REFERENCE_PIXELS and the largest batch, MAX_REFERENCE_BATCH_PIXELS in all, now only.
+
 Last, with a ComfyUI host, the pixel size Shared Attention Reference's VAE encodes for a 6000x4000
 upload sampled at 1024x1024: the upload's size before (it encoded at node time), the latent's pixel
 size now (recorded by a stand-in VAE through the node's own sampling-time path).
@@ -29,6 +32,8 @@ from pathlib import Path
 
 SIZES = [(1024, 1024), (2048, 1536), (4000, 3000), (6000, 4000), (8000, 8000)]  # width x height
 PREVIOUS_MAX_PIXELS = 6000 * 4000
+LIMIT_SIDE = 12649  # isqrt(MAX_REFERENCE_PIXELS): the largest square accepted
+LIMIT_CASES = [(1, LIMIT_SIDE, LIMIT_SIDE), (16, 4000, 4000)]  # batch, width, height; 16 x 16 MP = the batch limit
 
 
 def previous_prepare_reference(image, task, ref_res=512, mask=None):
@@ -51,7 +56,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def worker(method: str, width: int, height: int, masked: bool, repeats: int) -> dict:
+def worker(method: str, width: int, height: int, masked: bool, repeats: int, batch: int = 1) -> dict:
     """One measurement, in its own process; returns seconds (median) and peak extra MiB."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from random_flux import import_package
@@ -63,11 +68,11 @@ def worker(method: str, width: int, height: int, masked: bool, repeats: int) -> 
 
     run = prepare_reference if method == "now" else previous_prepare_reference
     torch.set_grad_enabled(False)
-    image = torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(0))
+    image = torch.rand(batch, height, width, 3, generator=torch.Generator().manual_seed(0))
     image.mul_(255.0).round_().div_(255.0)  # in place: the input is the only full-size array so far
     mask = None
     if masked:
-        mask = torch.zeros(1, height, width)
+        mask = torch.zeros(batch, height, width)
         mask[:, height // 8 : height * 7 // 8, width // 8 : width * 7 // 8] = 1.0
     small = torch.rand(1, 64, 64, 3)
     run(small, "ip", 32, None if mask is None else torch.ones(1, 64, 64))  # lazy imports and thread pools
@@ -81,8 +86,9 @@ def worker(method: str, width: int, height: int, masked: bool, repeats: int) -> 
     return {"seconds": statistics.median(times), "extra_mib": peak_rss_mib() - base}
 
 
-def measure(method: str, width: int, height: int, masked: bool, repeats: int) -> dict:
-    command = [sys.executable, __file__, "--worker", method, str(width), str(height), str(int(masked)), str(repeats)]
+def measure(method: str, width: int, height: int, masked: bool, repeats: int, batch: int = 1) -> dict:
+    command = [sys.executable, __file__, "--worker", method, str(width), str(height), str(int(masked)), str(repeats),
+               str(batch)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -121,15 +127,41 @@ def node_encode_sizes() -> str:
     )
 
 
+def limit_cases(repeats: int) -> None:
+    """The worst inputs the limits accept: time and peak extra memory, now only."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from random_flux import import_package
+
+    import_package()
+    from refcustom.model.reference_preprocess import MAX_REFERENCE_BATCH_PIXELS, MAX_REFERENCE_PIXELS
+
+    assert LIMIT_SIDE * LIMIT_SIDE <= MAX_REFERENCE_PIXELS < (LIMIT_SIDE + 1) ** 2
+    print(
+        f"worst accepted cases: MAX_REFERENCE_PIXELS {MAX_REFERENCE_PIXELS / 1e6:.0f} MP per image, "
+        f"MAX_REFERENCE_BATCH_PIXELS {MAX_REFERENCE_BATCH_PIXELS / 1e6:.0f} MP per batch"
+    )
+    for batch, width, height in LIMIT_CASES:
+        assert batch * width * height <= MAX_REFERENCE_BATCH_PIXELS
+        input_mib = batch * width * height * 3 * 4 / 2**20
+        now = measure("now", width, height, False, repeats, batch)
+        now_mask = measure("now", width, height, True, repeats, batch)
+        label = f"{batch} x {width}x{height}"
+        print(
+            f"{label:>17} ({batch * width * height / 1e6:.0f} MP, input {input_mib:.0f} MiB) | {now['seconds']:>6.3f} s "
+            f"{now['extra_mib']:>6.0f} MiB | mask {now_mask['seconds']:>6.3f} s {now_mask['extra_mib']:>6.0f} MiB",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-node", action="store_true", help="skip the Shared Attention Reference line")
-    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        method, width, height, masked, repeats = args.worker
-        print(json.dumps(worker(method, int(width), int(height), bool(int(masked)), int(repeats))))
+        method, width, height, masked, repeats, batch = args.worker
+        print(json.dumps(worker(method, int(width), int(height), bool(int(masked)), int(repeats), int(batch))))
         return
 
     import cv2
@@ -163,6 +195,7 @@ def main() -> None:
         else:
             line += f" {'skipped (above 6000x4000)':>32} |"
         print(line, flush=True)
+    limit_cases(args.repeats)
     if not args.skip_node:
         print(node_encode_sizes())
 

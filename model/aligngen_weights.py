@@ -47,6 +47,7 @@ class ReferenceLoRA:
     target: str  # ComfyUI path under diffusion_model, e.g. "double_blocks.0.img_attn.qkv"
     down: torch.Tensor
     up: torch.Tensor
+    key: str = ""  # the file's key prefix, e.g. "aligngen.lora.transformer_blocks.0.attn.to_qkv"
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def read_aligngen_file(path: str | Path, operations=nn, dem_dtype: torch.dtype =
     for module, parts in sorted(pairs.items()):
         if set(parts) != {"down", "up"}:
             raise ValueError(f"{path.name}: LoRA {module} lacks its {({'down', 'up'} - set(parts)).pop()} matrix")
-        loras.append(ReferenceLoRA(comfy_target(module), parts["down"], parts["up"]))
+        loras.append(ReferenceLoRA(comfy_target(module), parts["down"], parts["up"], f"aligngen.lora.{module}"))
     token = tensors[TOKEN_KEY].float().reshape(-1)
     if token.shape[0] != dem.config["text_dim"]:
         raise ValueError(f"{path.name}: S* is {token.shape[0]} wide but the DEM works on {dem.config['text_dim']}")

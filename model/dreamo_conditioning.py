@@ -34,10 +34,13 @@ class DreamOReference:
         number written in the prompt placeholder `[ref#k]`.
     slot: position of the reference's latent in the conditioning's `reference_latents` list, which
         may also hold latents added by other nodes (core ReferenceLatent, Kontext).
+    batch: how many images the reference latent holds: 1 (shared by every latent of the batch) or
+        one per latent.
     """
 
     index: int
     slot: int
+    batch: int = 1
 
     def __post_init__(self):
         if not 1 <= self.index <= MAX_REFERENCES:
@@ -46,6 +49,8 @@ class DreamOReference:
             )
         if self.slot < 0:
             raise ValueError(f"reference slot must be >= 0, got {self.slot}")
+        if self.batch < 1:
+            raise ValueError(f"a reference holds at least one image, got a batch of {self.batch}")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,50 @@ ID_RESOLUTION = 512
 GRID = 16  # VAE factor 8 x FLUX patch 2: reference sides must be multiples of 16
 ROW_BLOCK = 256  # rows converted to uint8 at a time: bounds the float temporaries to a strip of the image
 
+# Size limits on reference inputs, checked from the shape alone before anything is allocated at full size.
+# References end at about ref_res^2 pixels (0.26 MP at 512) or the generation's size, so pixels beyond a
+# camera photo's only cost time and memory. 160 MP per image admits every camera photo: 24-61 MP full
+# frame, 100 MP medium format (Fujifilm GFX100, Hasselblad X2D: 11648x8736 = 102 MP) and the largest
+# sensor sold, Phase One IQ4 150 MP (14204x10652 = 151 MP); it refuses stitched panoramas and upscaler
+# output, e.g. 20000x20000 = 400 MP. At the limit preprocessing adds about a uint8 copy (3 bytes/pixel,
+# 460 MiB) and takes about a second (bench/reference_resize.py); the float IMAGE upstream already
+# holds 12 bytes/pixel (1.8 GiB). A batch is bounded in total, 256 MP (ten 24 MP photos, one 150 MP
+# and four 24 MP): its uint8 copy is made whole (768 MiB at most).
+MAX_REFERENCE_PIXELS = 160_000_000
+MAX_REFERENCE_BATCH_PIXELS = 256_000_000
+DOWNSCALE_FIX = "Downscale it first with ImageScale / ImageScaleToTotalPixels (a few megapixels is plenty)"
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} MP"
+
+
+def check_reference_size(image: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    """Refuse a reference IMAGE [B, H, W, C] (and its MASK [B, H, W] or [H, W]) above
+    MAX_REFERENCE_PIXELS per image or MAX_REFERENCE_BATCH_PIXELS per batch. Reads the shapes only,
+    so it costs nothing even for a huge input; other shapes are left to the callers' shape checks."""
+    if image.ndim == 4:
+        _check_pixels(*image.shape[:3], "reference image")
+    if mask is not None and mask.ndim in (2, 3):
+        dims = mask.shape if mask.ndim == 3 else (1, *mask.shape)
+        _check_pixels(*dims, "reference MASK")
+
+
+def _check_pixels(batch: int, height: int, width: int, what: str) -> None:
+    fix = DOWNSCALE_FIX if what == "reference image" else f"{DOWNSCALE_FIX}, and make the mask from the smaller image"
+    if height * width > MAX_REFERENCE_PIXELS:
+        raise ValueError(
+            f"the {what} is {width}x{height} ({_megapixels(height * width)}), above the "
+            f"{_megapixels(MAX_REFERENCE_PIXELS)} limit for reference images: references are downscaled to about "
+            f"ref_res^2 pixels (or the generation's size) anyway, and such an input only costs time and memory. {fix}."
+        )
+    if batch * height * width > MAX_REFERENCE_BATCH_PIXELS:
+        raise ValueError(
+            f"the {what} batch is {batch} x {width}x{height} ({_megapixels(batch * height * width)} in all), above "
+            f"the {_megapixels(MAX_REFERENCE_BATCH_PIXELS)} limit for one batch of references. {fix}, or use fewer "
+            "images per batch."
+        )
+
 
 def area_resize_size(height: int, width: int, ref_res: int) -> tuple[int, int]:
     """Target (h, w) with about ref_res^2 pixels, each side floored to a multiple of 16."""
@@ -101,6 +145,7 @@ def resize_area(image: torch.Tensor, size: tuple[int, int], mask: torch.Tensor |
 
     The result lies on the uint8 grid (k / 255) even when the size does not change. A mask [B, H, W]
     whitens the background first, at full resolution, as the official pipeline composites."""
+    check_reference_size(image, mask)
     height, width = size
     pixels = to_uint8(image, mask)
     if (height, width) == tuple(pixels.shape[1:3]):
@@ -126,6 +171,7 @@ def prepare_reference(
         raise ValueError(f"unknown DreamO task {task!r}; choose one of {', '.join(TASKS)}")
     if image.ndim != 4 or image.shape[-1] < 3:
         raise ValueError(f"reference IMAGE must be [B, H, W, C>=3], got {list(image.shape)}")
+    check_reference_size(image, mask)  # before anything reads or copies the pixels
     if min(image.shape[1:3]) < GRID:
         raise ValueError(f"reference image is {image.shape[2]}x{image.shape[1]} px; it needs at least {GRID} px a side")
 

@@ -20,7 +20,7 @@ import torch
 from comfy_api.latest import io
 
 from ..model.aligngen import insert_learned_token, replace_learned_token
-from ..model.reference_preprocess import prepare_reference
+from ..model.reference_preprocess import check_reference_size, prepare_reference
 from .aligngen_loader import AlignGenWeightsType
 from .aligngen_patch import ALIGNGEN_COND_KEY, AlignGenCond, AlignGenConditioning
 from .conditioning_edit import with_diagonal_reference
@@ -92,7 +92,8 @@ def with_aligngen_reference(conditioning: list, latent: torch.Tensor, start: int
     out = []
     for embedding, cond in conditioning:
         cond, slot = with_diagonal_reference(cond, latent, "AlignGen")
-        payload = AlignGenConditioning(concept_start=start, concept_end=end, reference_slot=slot)
+        payload = AlignGenConditioning(concept_start=start, concept_end=end, reference_slot=slot,
+                                       reference_batch=latent.shape[0])
         cond["model_conds"] = {**cond.get("model_conds", {}), ALIGNGEN_COND_KEY: AlignGenCond(payload)}
         out.append([embedding, cond])
     return out
@@ -135,6 +136,7 @@ class AlignGenConditioningNode(io.ComfyNode):
                 mask=None) -> io.NodeOutput:
         if clip is None:
             raise RuntimeError("the CLIP input is empty: load FLUX's text encoders with DualCLIPLoader.")
+        check_reference_size(image, mask)  # before the text encoding and the DEM, not only at prepare_reference
         progress = comfy.utils.ProgressBar(3)  # text encoding, the DEM, the reference's VAE encoding
         weights = aligngen.weights
         before, rest = insert_learned_token(text, concept, weights.token_text)

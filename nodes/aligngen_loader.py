@@ -21,6 +21,7 @@ from comfy_api.latest import io
 from ..model.aligngen_weights import AlignGenWeights, read_aligngen_file
 from .aligngen_patch import ALIGNGEN_WRAPPER_KEY, AlignGenWrapper, ReferenceLoRAHooks
 from .dreamo_loader import require_flux
+from .input_checks import require_finite_floats
 from .model_folders import file_options, resolve_file
 
 ALIGNGEN_FOLDER = "aligngen"
@@ -77,11 +78,15 @@ def apply_aligngen(model, weights: AlignGenWeights, strength: float):
         except AttributeError as error:
             raise ValueError(f"{weights.path.name}: this FLUX has no {lora.target}; the file is for a deeper model") from error
         out_features, in_features = linear.weight.shape[:2]  # the stored shape, whatever the stored dtype
-        if lora.up.shape[0] > out_features or lora.down.shape[1] != in_features:
+        # Single blocks fuse q|k|v with the MLP input in linear1: the LoRA covers the q|k|v rows only.
+        rows = 3 * diffusion_model.hidden_size if lora.target.endswith(".linear1") else out_features
+        if (lora.up.ndim != 2 or lora.down.ndim != 2 or lora.up.shape[1] != lora.down.shape[0]
+                or [lora.up.shape[0], lora.down.shape[1]] != [rows, in_features]):
             raise ValueError(
-                f"AlignGen LoRA of shape up {list(lora.up.shape)} x down {list(lora.down.shape)} does not fit "
-                f"{lora.target} (weight {[out_features, in_features]}): {weights.path.name} was trained on a "
-                "different FLUX."
+                f"{weights.path.name}: AlignGen LoRA {lora.key or lora.target} of shape up {list(lora.up.shape)} x "
+                f"down {list(lora.down.shape)} does not fit {lora.target} (needs up [{rows}, rank] x down "
+                f"[rank, {in_features}]; weight {[out_features, in_features]}): it was trained on a different FLUX. "
+                "Nothing was applied; use an AlignGen file trained on this model."
             )
         if strength != 0:  # 0 = off: no hook at all
             loras.append((lora.target, lora.down, lora.up * (weights.lora_scale * strength)))
@@ -120,6 +125,7 @@ class AlignGenLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, aligngen_file, lora_strength) -> io.NodeOutput:
+        require_finite_floats(cls, {"lora_strength": lora_strength})
         progress = comfy.utils.ProgressBar(2)  # read the file (the DEM is ~1 GB at FLUX width), patch the model
         aligngen = read_managed_aligngen(resolve_file(
             aligngen_file, ALIGNGEN_FOLDER,

@@ -26,6 +26,7 @@ import torch
 from ..model.aligngen import add_reference_lora_
 from ..model.dreamo_conditioning import tokens_for_latent
 from .dreamo_patch import DIAGONAL_REFERENCE_METHOD
+from .input_checks import latent_batch_of, require_reference_batch
 
 ALIGNGEN_COND_KEY = "refcustom_aligngen"
 ALIGNGEN_WRAPPER_KEY = "refcustom_aligngen"
@@ -39,9 +40,10 @@ class AlignGenConditioning:
     concept_start: int
     concept_end: int  # exclusive; concept_end == concept_start means no concept tokens (image-only branch)
     reference_slot: int
+    reference_batch: int = 1  # images in the reference latent: 1 (shared by every latent) or one per latent
 
     def without_concept(self) -> AlignGenConditioning:
-        return AlignGenConditioning(self.concept_start, self.concept_start, self.reference_slot)
+        return AlignGenConditioning(self.concept_start, self.concept_start, self.reference_slot, self.reference_batch)
 
 
 class AlignGenCond(comfy.conds.CONDConstant):
@@ -168,7 +170,12 @@ class AlignGenWrapper:
         if payload is None:
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         ref_latents = ref_latents or []
-        slot = (payload if isinstance(payload, AlignGenConditioning) else payload[0]).reference_slot
+        rows = (payload,) if isinstance(payload, AlignGenConditioning) else tuple(payload)
+        slot = rows[0].reference_slot
+        for reference_batch in sorted({row.reference_batch for row in rows}):
+            require_reference_batch("AlignGen Conditioning", reference_batch, latent_batch_of(x, transformer_options),
+                                    "use one AlignGen Conditioning per reference image, or give as many reference "
+                                    "images as the latent batch.")
         if slot != len(ref_latents) - 1:
             raise ValueError(
                 f"AlignGen's reference must be the last reference latent (its LoRA acts on the trailing tokens), but it "

@@ -11,11 +11,13 @@ import comfy.lora_convert
 import comfy.model_base
 import comfy.patcher_extension
 import comfy.utils
+import comfy.weight_adapter
 from comfy_api.latest import io
 
 from ..model.dreamo_conditioning import DreamOConditionEmbedding
 from ..model.dreamo_weights import DreamOEmbeddingTables, DreamOFile, lora_module_names, read_dreamo_file
 from .dreamo_patch import DREAMO_WRAPPER_KEY, DreamOEmbeddingWrapper
+from .input_checks import require_finite_floats
 from .model_folders import file_options, resolve_file
 
 DREAMO_FOLDER = "dreamo"
@@ -48,6 +50,48 @@ def require_flux(model, what: str = "DreamO") -> comfy.ldm.flux.model.Flux:
     return diffusion_model
 
 
+def patch_target_shape(weight_shape, offset) -> list[int]:
+    """Shape of the part of a weight a patch covers: all of it, or the slice (dim, start, length) of an offset patch."""
+    shape = list(weight_shape)
+    if offset is not None:
+        shape[offset[0]] = offset[2]
+    return shape
+
+
+def require_lora_shapes(model, patches: dict, key_map: dict, lora: dict, file_name: str) -> None:
+    """Refuse, before any patch is added, a LoRA whose matrices do not fit the weights they patch.
+
+    ComfyUI itself only logs a shape mismatch when it merges the weights and samples without that layer.
+    key_map: ComfyUI's LoRA-name -> model-key map the patches were loaded with; lora: the LoRA's tensors."""
+    weights = model.model.state_dict()
+    for key, patch in patches.items():
+        name, offset = (key, None) if isinstance(key, str) else (key[0], key[1])
+        if name not in weights:
+            continue  # counted by the caller as an unmatched layer
+        target = patch_target_shape(weights[name].shape, offset)
+        if isinstance(patch, comfy.weight_adapter.LoRAAdapter):
+            up, down, mid, reshape = patch.weights[0], patch.weights[1], patch.weights[3], patch.weights[5]
+            if mid is not None or reshape is not None or len(target) != 2:
+                continue  # conv LoRA (LoCon) or a padded weight: not a FLUX linear layer
+            got = [up.shape[0], down.flatten(start_dim=1).shape[1]]
+            fits = up.ndim == 2 and up.shape[1] == down.shape[0] and got == target
+            what = f"up {list(up.shape)} x down {list(down.shape)}"
+        elif isinstance(patch, tuple) and patch and patch[0] == "diff":
+            got = list(patch[1][0].shape)
+            fits, what = got == target or patch[1][0].numel() == 1, f"diff {got}"
+        else:
+            continue
+        if not fits:
+            where = f"{name}" + (f" (rows {offset[1]}..{offset[1] + offset[2] - 1})" if offset is not None else "")
+            layer = next((prefix for prefix, target_key in key_map.items()
+                          if target_key == key and any(k.startswith(prefix + ".") for k in lora)), name)
+            raise ValueError(
+                f"{file_name}: LoRA {layer} ({what}) does not fit {where} of shape {target}: the LoRA was made for "
+                "a different model (another FLUX size or architecture). Nothing was applied; pick a LoRA for this "
+                "FLUX model or set its strength to 0."
+            )
+
+
 def apply_lora_file(model, dreamo_file: DreamOFile, strength: float) -> None:
     """Add one LoRA to `model` (already cloned) the way core LoraLoaderModelOnly does, but loudly."""
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
@@ -59,6 +103,7 @@ def apply_lora_file(model, dreamo_file: DreamOFile, strength: float) -> None:
             f"{dreamo_file.path.name}: only {len(patches)} of its {expected} LoRA layers match this model's weights. "
             "It is not a LoRA for this FLUX model (wrong base model or a different architecture)."
         )
+    require_lora_shapes(model, patches, key_map, lora, dreamo_file.path.name)
     model.add_patches(patches, strength)
 
 
@@ -111,6 +156,7 @@ class DreamOLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, dreamo_file, embedding_file, dreamo_strength, **lora_inputs) -> io.NodeOutput:
+        require_finite_floats(cls, {"dreamo_strength": dreamo_strength, **lora_inputs})
         diffusion_model = require_flux(model)
         if model.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, DREAMO_WRAPPER_KEY):
             raise ValueError("this MODEL already has DreamO loaded; use a single Load DreamO node per model.")

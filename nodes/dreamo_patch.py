@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..model.dreamo_conditioning import DreamOConditionEmbedding, DreamOReferenceSet, TokenLayout, tokens_for_latent
+from .input_checks import latent_batch_of, require_reference_batch
 
 DREAMO_COND_KEY = "refcustom_dreamo"
 # Set by DreamO Text Encode: the reference indices k the prompt names with [ref#k].
@@ -100,6 +101,12 @@ class DreamOEmbeddingWrapper:
                 f"conditioning uses '{method}'. Remove the FluxKontextMultiReferenceLatentMethod (or similar) node "
                 "placed after the DreamO reference node."
             )
+        latent_batch = latent_batch_of(x, transformer_options)
+        for reference in references.references:
+            require_reference_batch(
+                f"DreamO Reference (index {reference.index})", reference.batch, latent_batch,
+                "use one DreamO Reference node per reference image, or give as many reference images as the latent "
+                "batch.")
         layout = layout_for_pass(x, ref_latents, references, executor.class_obj.patch_size)
         patches = dict(transformer_options.get("patches", {}))
         # First in line: DreamO adds its embeddings to img_in's output before any other post-input patch.

@@ -29,7 +29,7 @@ def with_dreamo_reference(conditioning: list, latent, index: int) -> list:
                 f"this conditioning already has {len(references.references)}. Remove a DreamO reference node."
             )
         chosen = index if index > 0 else references.next_index()
-        references = references.added(DreamOReference(index=chosen, slot=slot))
+        references = references.added(DreamOReference(index=chosen, slot=slot, batch=latent.shape[0]))
         cond["model_conds"] = {**cond.get("model_conds", {}), DREAMO_COND_KEY: comfy.conds.CONDConstant(references)}
         out.append([embedding, cond])
     return out

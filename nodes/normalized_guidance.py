@@ -12,6 +12,7 @@ from comfy_api.latest import io
 
 from ..model.guidance import GuidanceScales, normalized_guidance
 from .conditioning_edit import with_prompt_replaced, without_references
+from .input_checks import require_finite_floats
 
 
 class NormalizedGuidanceGuider(comfy.samplers.CFGGuider):
@@ -80,6 +81,8 @@ class NormalizedGuidanceGuiderNode(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, image_only, negative, text_scale, image_scale, image_scale_increase,
                 normalize) -> io.NodeOutput:
+        require_finite_floats(cls, {"text_scale": text_scale, "image_scale": image_scale,
+                                    "image_scale_increase": image_scale_increase})
         guider = NormalizedGuidanceGuider(model)
         guider.set_conds(positive, image_only, negative)
         guider.set_scales(GuidanceScales(text=text_scale, image_start=image_scale, image_increase=image_scale_increase),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import comfy.patcher_extension
 from comfy_api.latest import io
 
+from ..model.reference_preprocess import check_reference_size
 from .dreamo_loader import require_flux
+from .input_checks import require_finite_floats
 from .shared_attention_patch import (
     SHARED_ATTENTION_KEY,
     ReferenceEncodeWrapper,
@@ -99,6 +101,7 @@ class MaskedSharedAttentionNode(io.ComfyNode):
     @classmethod
     def execute(cls, model, dilation, full_shared_steps, patch_negative, mask=None, clip=None, prompt="",
                 subject_words="", full_shared_above_sigma=0.0) -> io.NodeOutput:
+        require_finite_floats(cls, {"full_shared_above_sigma": full_shared_above_sigma})
         require_flux(model, "Masked Shared Attention")
         if dilation % 2 == 0:
             raise ValueError(f"dilation must be odd (a centred square), got {dilation}")
@@ -152,9 +155,11 @@ class SharedAttentionReferenceNode(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, reference, dilation, full_shared_steps, patch_negative, noise_seed,
                 reference_mask=None, full_shared_above_sigma=0.0) -> io.NodeOutput:
+        require_finite_floats(cls, {"full_shared_above_sigma": full_shared_above_sigma})
         require_flux(model, "Masked Shared Attention")
         if dilation % 2 == 0:
             raise ValueError(f"dilation must be odd (a centred square), got {dilation}")
+        check_reference_size(reference, reference_mask)  # now, not when sampling starts
         # Encoded when sampling starts, at the sampled latent's size (see ReferenceImages).
         references = ReferenceImages(reference[..., :3], vae, model.model.process_latent_in)
         masks = None

@@ -22,6 +22,7 @@ import torch
 from comfy_api.latest import io
 
 from .conditioning_edit import without_references
+from .input_checks import require_finite_floats
 
 # KSamplerAdvanced's end_at_step uses the same ceiling: any value past the last step means "through the end".
 MAX_STEP = 10000
@@ -149,6 +150,7 @@ class TrueCFGGuiderNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, start_step, end_step, first_step_guidance) -> io.NodeOutput:
+        require_finite_floats(cls, {"cfg": cfg, "first_step_guidance": first_step_guidance})
         if start_step > end_step:
             raise ValueError(
                 f"start_step ({start_step}) must not exceed end_step ({end_step}): the window is "
