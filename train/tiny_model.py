@@ -14,6 +14,7 @@ the real SentencePiece/BPE vocabularies cannot be downloaded here.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -46,6 +47,15 @@ def _word_tokenizer(bos: str | None, eos: str, pad: str, max_length: int):
     )
 
 
+@contextlib.contextmanager
+def _own_rng(seed: int):
+    """Seed the random init from `seed` inside a fork of torch's RNG, so writing a tiny model (which a
+    Trainer may do mid-setup) never reseeds the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def write_tiny_flux(folder: str | Path, seed: int = 0) -> Path:
     """Write a random tiny FLUX.1-dev diffusers folder (deterministic from `seed`); returns it."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -54,33 +64,33 @@ def write_tiny_flux(folder: str | Path, seed: int = 0) -> Path:
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         return folder
-    torch.manual_seed(seed)
-    width = TINY["text_width"]
-    vocab = len(SPECIAL) + len(WORDS)
-    FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=TINY["depth"], num_single_layers=TINY["depth_single"],
-        attention_head_dim=TINY["hidden"] // TINY["heads"], num_attention_heads=TINY["heads"],
-        joint_attention_dim=width, pooled_projection_dim=width, guidance_embeds=True, axes_dims_rope=TINY["axes"],
-    ).save_pretrained(folder / "transformer")
-    AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=8,
-        block_out_channels=(16, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=FLUX_VAE_SCALE, shift_factor=FLUX_VAE_SHIFT,
-        use_quant_conv=False, use_post_quant_conv=False,
-    ).save_pretrained(folder / "vae")
-    CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=77, projection_dim=width, pad_token_id=SPECIAL.index("<|endoftext|>"),
-        bos_token_id=SPECIAL.index("<|startoftext|>"), eos_token_id=SPECIAL.index("<|endoftext|>"),
-    )).save_pretrained(folder / "text_encoder")
-    T5EncoderModel(T5Config(
-        vocab_size=vocab, d_model=width, d_kv=16, d_ff=2 * width, num_layers=2, num_heads=2,
-        feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )).save_pretrained(folder / "text_encoder_2")
-    _word_tokenizer("<|startoftext|>", "<|endoftext|>", "<|endoftext|>", 77).save_pretrained(folder / "tokenizer")
-    _word_tokenizer(None, "</s>", "<pad>", 512).save_pretrained(folder / "tokenizer_2")
-    FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text('{"_class_name": "FluxPipeline", "refcustom_tiny": true}\n')
+    with _own_rng(seed):  # modules draw their init from the global RNG; the caller's is kept
+        width = TINY["text_width"]
+        vocab = len(SPECIAL) + len(WORDS)
+        FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=TINY["depth"], num_single_layers=TINY["depth_single"],
+            attention_head_dim=TINY["hidden"] // TINY["heads"], num_attention_heads=TINY["heads"],
+            joint_attention_dim=width, pooled_projection_dim=width, guidance_embeds=True, axes_dims_rope=TINY["axes"],
+        ).save_pretrained(folder / "transformer")
+        AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=8,
+            block_out_channels=(16, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=FLUX_VAE_SCALE, shift_factor=FLUX_VAE_SHIFT,
+            use_quant_conv=False, use_post_quant_conv=False,
+        ).save_pretrained(folder / "vae")
+        CLIPTextModel(CLIPTextConfig(
+            vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=77, projection_dim=width, pad_token_id=SPECIAL.index("<|endoftext|>"),
+            bos_token_id=SPECIAL.index("<|startoftext|>"), eos_token_id=SPECIAL.index("<|endoftext|>"),
+        )).save_pretrained(folder / "text_encoder")
+        T5EncoderModel(T5Config(
+            vocab_size=vocab, d_model=width, d_kv=16, d_ff=2 * width, num_layers=2, num_heads=2,
+            feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )).save_pretrained(folder / "text_encoder_2")
+        _word_tokenizer("<|startoftext|>", "<|endoftext|>", "<|endoftext|>", 77).save_pretrained(folder / "tokenizer")
+        _word_tokenizer(None, "</s>", "<pad>", 512).save_pretrained(folder / "tokenizer_2")
+        FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(folder / "scheduler")
+        (folder / "model_index.json").write_text('{"_class_name": "FluxPipeline", "refcustom_tiny": true}\n')
     return folder
 
 
@@ -92,14 +102,14 @@ def write_tiny_redux(folder: str | Path, seed: int = 0) -> Path:
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         return folder
-    torch.manual_seed(seed + 1)
-    siglip_width = 48
-    SiglipVisionModel(SiglipVisionConfig(
-        hidden_size=siglip_width, intermediate_size=2 * siglip_width, num_hidden_layers=1, num_attention_heads=2,
-        image_size=48, patch_size=16,
-    )).save_pretrained(folder / "image_encoder")
-    ReduxImageEncoder(redux_dim=siglip_width, txt_in_features=TINY["text_width"]).save_pretrained(
-        folder / "image_embedder"
-    )
-    (folder / "model_index.json").write_text('{"_class_name": "FluxPriorReduxPipeline", "refcustom_tiny": true}\n')
+    with _own_rng(seed + 1):  # modules draw their init from the global RNG; the caller's is kept
+        siglip_width = 48
+        SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=siglip_width, intermediate_size=2 * siglip_width, num_hidden_layers=1, num_attention_heads=2,
+            image_size=48, patch_size=16,
+        )).save_pretrained(folder / "image_encoder")
+        ReduxImageEncoder(redux_dim=siglip_width, txt_in_features=TINY["text_width"]).save_pretrained(
+            folder / "image_embedder"
+        )
+        (folder / "model_index.json").write_text('{"_class_name": "FluxPriorReduxPipeline", "refcustom_tiny": true}\n')
     return folder
