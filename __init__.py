@@ -29,9 +29,15 @@ async def comfy_entrypoint():
     from comfy_api.latest import ComfyExtension
 
     from .nodes import node_list
+    from .nodes.host_version import host_version, too_old_message
+
+    too_old = too_old_message(host_version())
 
     class RefCustomExtension(ComfyExtension):
         async def get_node_list(self):
+            if too_old:
+                logging.error(too_old)
+                return []
             nodes = node_list()
             if os.environ.get(FIXTURES_ENV) == "1":
                 nodes += _fixture_nodes()
