@@ -7,22 +7,7 @@ module level.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-from pathlib import Path
-
-FIXTURES_ENV = "REFCUSTOM_TEST_FIXTURES"
-
-
-def _fixture_nodes() -> list:
-    """Tiny-model loader nodes for the test server; registered only when REFCUSTOM_TEST_FIXTURES=1."""
-    path = Path(__file__).parent / "tests" / "fixtures" / "fixture_nodes.py"
-    spec = importlib.util.spec_from_file_location("refcustom_test_fixture_nodes", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    logging.warning("refcustom: %s=1, registering test fixture nodes (tiny random models)", FIXTURES_ENV)
-    return module.get_fixture_nodes()
 
 
 async def comfy_entrypoint():
@@ -38,9 +23,6 @@ async def comfy_entrypoint():
             if too_old:
                 logging.error(too_old)
                 return []
-            nodes = node_list()
-            if os.environ.get(FIXTURES_ENV) == "1":
-                nodes += _fixture_nodes()
-            return nodes
+            return node_list()
 
     return RefCustomExtension()

@@ -18,7 +18,7 @@ As a library (the server tests load this file by path):
   `PromptFailed` (node id, node type, exception message, traceback) when execution fails, and
   `ServerDied` if the server exits meanwhile. Every wait is bounded.
 - `substitute_fixture_loaders` swaps UNETLoader / CheckpointLoaderSimple / (Dual)CLIPLoader / VAELoader / StyleModelLoader / CLIPVisionLoader for
-  the pack's tiny-model fixture nodes (registered when REFCUSTOM_TEST_FIXTURES=1); UNETLoader's fp8
+  the pack's tiny-model fixture nodes (tests/fixture_pack, linked next to the pack when REFCUSTOM_TEST_FIXTURES=1); UNETLoader's fp8
   weight_dtype carries over.
 
 As a command:
@@ -146,6 +146,17 @@ def prepare_base_dir(base_dir: Path, pack_root: Path | None = REPO_ROOT, pack_na
     if inputs is not None and Path(inputs).is_dir():
         shutil.copytree(inputs, base_dir / "input", dirs_exist_ok=True)
     return base_dir
+
+
+FIXTURE_PACK = REPO_ROOT / "tests" / "fixture_pack"
+FIXTURE_PACK_NAME = "refcustom_test_fixtures"  # sorts after the pack's folder: ComfyUI loads the pack first
+
+
+def link_fixture_pack(base_dir: Path) -> None:
+    """Link the test-only fixture nodes (tests/fixture_pack) into the server's custom_nodes/."""
+    link = Path(base_dir) / "custom_nodes" / FIXTURE_PACK_NAME
+    if not (link.is_symlink() or link.exists()):
+        link.symlink_to(FIXTURE_PACK.resolve(), target_is_directory=True)
 
 
 class Server:
@@ -317,6 +328,8 @@ def start_server(comfy_root, base_dir, port: int | None = None, extra_env: dict 
     if not (comfy_root / "main.py").is_file():
         raise HeadlessError(f"{comfy_root} is not a ComfyUI checkout (no main.py)")
     prepare_base_dir(base_dir, pack_root=pack_root, inputs=inputs)
+    if (extra_env or {}).get(FIXTURES_ENV) == "1":
+        link_fixture_pack(base_dir)
     if python is None:
         venv_python = comfy_root / ".venv" / "bin" / "python"
         python = venv_python if venv_python.exists() else Path(sys.executable)

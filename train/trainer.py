@@ -268,9 +268,6 @@ class Trainer:
             if self.config.run.sample_every and self.step % self.config.run.sample_every == 0:
                 self.write_samples()
         bar.close()
-        if os.environ.get("REFCUSTOM_DUMP_RANK_WEIGHTS"):  # tests: every process's weights, to compare
-            save_file(self.method.trainable_state_dict(),
-                      f"{os.environ['REFCUSTOM_DUMP_RANK_WEIGHTS']}-{self.accelerator.process_index}.safetensors")
         if self.step < total:
             return None
         self.write_samples()

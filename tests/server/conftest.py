@@ -5,7 +5,7 @@ custom_nodes/refcustom (a link to this checkout), models/ with the tiny official
 (tests/fixtures/dreamo_files.py), the tiny AlignGen file aligngen/aligngen_lora.safetensors
 (tests/fixtures/aligngen_files.py) and a copy of dreamo/dreamo.safetensors in loras/ (where DreamO's
 loader also looks, so Load AlignGen lists it: the wrong-file error case), input/ with
-workflows/inputs/, REFCUSTOM_TEST_FIXTURES=1 (tiny model loaders registered: FLUX with UNETLoader's
+workflows/inputs/, the test-only fixture pack tests/fixture_pack linked next to the pack (tiny model loaders: FLUX with UNETLoader's
 weight_dtype and an instance number, CLIP, VAE, Redux, SigLIP; and the sampling probe) and every
 RuntimeWarning printed (a NaN cast to uint8 in SaveImage shows
 up in the log each time). It is stopped at the end of the session whatever happens.

@@ -42,10 +42,10 @@ def test_two_processes_train_in_step(tmp_path):
     (shim / "refcustom").symlink_to(REPO)
     launcher = Path(sys.executable).with_name("torchrun")
     # ACCELERATE_USE_CPU is what `accelerate launch --cpu` sets; with it accelerate runs MULTI_CPU (gloo).
-    env = {**os.environ, "PYTHONPATH": str(shim), "ACCELERATE_USE_CPU": "true", "REFCUSTOM_DUMP_RANK_WEIGHTS": str(tmp_path / "rank")}
+    env = {**os.environ, "PYTHONPATH": str(shim), "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(
         [str(launcher), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-         "-m", "refcustom.train", "train", "--config", str(tmp_path / "cfg.yaml")],
+         str(Path(__file__).with_name("rank_weights_run.py")), str(tmp_path / "cfg.yaml"), str(tmp_path / "rank")],
         capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
