@@ -58,7 +58,7 @@ import statistics
 import time
 from pathlib import Path
 
-from random_flux import PRESETS, build_random_flux, import_host
+from random_flux import build_random_flux, import_host, preset_arguments
 
 T5_WIDTH = REDUX_WIDTH = 4096
 REDUX_TOKENS = 729
@@ -95,15 +95,11 @@ def random_aligngen(cfg: dict, heads: int, aligngen, aligngen_weights):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
-    parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--steps", type=int, default=4, help="sampling steps while DEM calls are counted")
     parser.add_argument("--dem-heads", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 is steadier on a CPU that other jobs share")
-    args = parser.parse_args()
-    cfg = dict(PRESETS[args.preset])
-    repeats = args.repeats or cfg["repeats"]
+    args, cfg, repeats = preset_arguments(__doc__, parser)
 
     package = import_host()
     import comfy.model_management

@@ -19,34 +19,19 @@ tokens cost and nothing more. Run with ComfyUI's python:
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import statistics
 import time
 
-from random_flux import PRESETS, build_random_flux, import_host
+from random_flux import build_dreamo_flux, import_host, preset_arguments
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
-    cfg = dict(PRESETS[args.preset])
-    repeats = args.repeats or cfg["repeats"]
-
+    args, cfg, repeats = preset_arguments(__doc__)
     package = import_host()
-    import comfy.patcher_extension
     import torch
 
-    dreamo_conditioning = importlib.import_module(f"{package.__name__}.model.dreamo_conditioning")
-    dreamo_patch = importlib.import_module(f"{package.__name__}.nodes.dreamo_patch")
-    patcher, device, dtype = build_random_flux(cfg)
-    flux = patcher.model.diffusion_model
-
-    embedding = dreamo_conditioning.DreamOConditionEmbedding(cfg["hidden"]).to(device)
-    wrappers = {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {"refcustom_dreamo": [dreamo_patch.DreamOEmbeddingWrapper(embedding)]}}
+    flux, device, dtype, dreamo_options, dreamo_conditioning, dreamo_patch = build_dreamo_flux(package, cfg)
 
     latent = cfg["image"] // 8
     ref_latent = cfg["ref"] // 8
@@ -64,7 +49,7 @@ def main() -> None:
             references = dreamo_conditioning.DreamOReferenceSet(
                 tuple(dreamo_conditioning.DreamOReference(index=i + 1, slot=i) for i in range(k)))
             kwargs = {"ref_latents_method": "uxo", dreamo_patch.DREAMO_COND_KEY: references}
-            options = {"wrappers": wrappers} if dreamo else {}
+            options = dreamo_options if dreamo else {}
             if not dreamo:
                 kwargs.pop(dreamo_patch.DREAMO_COND_KEY)
         with torch.no_grad():

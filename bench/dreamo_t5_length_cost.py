@@ -16,12 +16,10 @@ for the preset and for FLUX.1-dev at 1024^2 with 512^2 references (the FLOP rati
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import statistics
 import time
 
-from random_flux import PRESETS, build_random_flux, import_host
+from random_flux import build_dreamo_flux, import_host, preset_arguments
 
 LENGTHS = (256, 512)
 
@@ -31,24 +29,11 @@ def flop_cost(blocks: int, d: int, s: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
-    cfg = dict(PRESETS[args.preset])
-    repeats = args.repeats or cfg["repeats"]
-
+    args, cfg, repeats = preset_arguments(__doc__)
     package = import_host()
-    import comfy.patcher_extension
     import torch
 
-    dreamo_conditioning = importlib.import_module(f"{package.__name__}.model.dreamo_conditioning")
-    dreamo_patch = importlib.import_module(f"{package.__name__}.nodes.dreamo_patch")
-    patcher, device, dtype = build_random_flux(cfg)
-    flux = patcher.model.diffusion_model
-    embedding = dreamo_conditioning.DreamOConditionEmbedding(cfg["hidden"]).to(device)
-    options = {"wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {
-        "refcustom_dreamo": [dreamo_patch.DreamOEmbeddingWrapper(embedding)]}}}
+    flux, device, dtype, options, dreamo_conditioning, dreamo_patch = build_dreamo_flux(package, cfg)
 
     latent, ref_latent = cfg["image"] // 8, cfg["ref"] // 8
     x = torch.randn(1, 16, latent, latent, device=device, dtype=dtype)

@@ -15,17 +15,13 @@ import importlib
 import statistics
 import time
 
-from random_flux import PRESETS, build_random_flux, import_host
+from random_flux import build_random_flux, import_host, preset_arguments
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
-    parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--steps", type=int, default=4)
-    args = parser.parse_args()
-    cfg = dict(PRESETS[args.preset])
-    repeats = args.repeats or cfg["repeats"]
+    args, cfg, repeats = preset_arguments(__doc__, parser)
 
     package = import_host()
     import comfy.samplers

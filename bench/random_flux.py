@@ -3,6 +3,7 @@ ComfyUI's own classes. Sizes come from PRESETS."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import sys
@@ -74,3 +75,31 @@ def build_random_flux(cfg: dict):
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device,
                                                offload_device=comfy.model_management.unet_offload_device())
     return patcher, device, dtype
+
+
+def preset_arguments(description: str, parser: argparse.ArgumentParser | None = None):
+    """Parse --preset / --repeats (plus whatever `parser` already declares); returns (args, preset config,
+    repeats: --repeats or the preset's)."""
+    parser = parser or argparse.ArgumentParser(description=description,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    cfg = dict(PRESETS[args.preset])
+    return args, cfg, args.repeats or cfg["repeats"]
+
+
+def build_dreamo_flux(package, cfg: dict):
+    """A random FLUX (build_random_flux) with DreamO's embedding wrapper, for the forward-pass benchmarks.
+
+    Returns (diffusion model, device, dtype, transformer_options carrying the wrapper, the pack's
+    model.dreamo_conditioning and nodes.dreamo_patch modules)."""
+    import comfy.patcher_extension
+
+    dreamo_conditioning = importlib.import_module(f"{package.__name__}.model.dreamo_conditioning")
+    dreamo_patch = importlib.import_module(f"{package.__name__}.nodes.dreamo_patch")
+    patcher, device, dtype = build_random_flux(cfg)
+    embedding = dreamo_conditioning.DreamOConditionEmbedding(cfg["hidden"]).to(device)
+    options = {"wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {
+        dreamo_patch.DREAMO_WRAPPER_KEY: [dreamo_patch.DreamOEmbeddingWrapper(embedding)]}}}
+    return patcher.model.diffusion_model, device, dtype, options, dreamo_conditioning, dreamo_patch
