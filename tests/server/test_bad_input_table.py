@@ -11,7 +11,9 @@ that must fail and the fragments its message must carry: the problem and the fix
   started server would give: the fixture loader's `instance` input makes a model object no prompt has
   touched), pixel for pixel.
 
-The trainer's command line has its own rows at the end (tests run it as a user would).
+The trainer's command line has its own rows at the end (tests run it as a user would). The bad inputs
+of the user-flow test (test_api_workflows.py, one per shipped workflow, some through an uploaded image)
+run inside that flow.
 """
 
 from __future__ import annotations
@@ -161,6 +163,8 @@ CASES = [
     BadInput("dreamo_two_references_share_an_index", "dreamo_multi_reference", set_input(REFERENCE, "index", 1, n=1),
              REFERENCE, ("two references share a DreamO index", "Give each reference its own index")),
     # ---- DreamO Text Encode ----
+    BadInput("dreamo_placeholder_without_a_number", "dreamo_ip", set_input(TEXT, "text", "a toy from [ref#] on a desk"),
+             TEXT, ("placeholder '[ref#]' is not valid", "write [ref#1] .. [ref#9]")),
     BadInput("dreamo_placeholder_index_zero", "dreamo_ip", set_input(TEXT, "text", "a toy from [ref#0] on a desk"),
              TEXT, ("placeholder '[ref#0]' is not valid", "write [ref#1] .. [ref#9]")),
     BadInput("dreamo_placeholder_upper_case", "dreamo_ip", set_input(TEXT, "text", "a toy from [REF#1] on a desk"),

@@ -75,7 +75,7 @@ def tiny_graph(width=64, height=48, steps=2, text="a red toy car"):
 # ---- the pack loads ----
 
 def test_pack_imported_without_errors(comfy_server):
-    log = comfy_server.startup_log  # later prompts may fail on purpose (tests/server/test_server_errors.py)
+    log = comfy_server.startup_log  # later prompts may fail on purpose (tests/server/test_bad_input_table.py)
     pack_dir = comfy_server.base_dir / "custom_nodes" / "refcustom"
     import_lines = [line for line in log.splitlines() if line.rstrip().endswith(str(pack_dir))]
     assert import_lines, f"no import-time line for {pack_dir} in the log:\n{comfy_server.log_tail()}"
