@@ -10,8 +10,9 @@ import json
 
 import pytest
 
+from . import shipped_workflows
 from .scripts import load_script
-from .shipped_workflows import API_WORKFLOWS, WORKFLOWS
+from .shipped_workflows import API_WORKFLOWS, WORKFLOWS, node_of
 
 pytestmark = pytest.mark.tier2
 
@@ -26,13 +27,7 @@ api = load_script("api_example.py")
 
 
 def cheap_graph(headless, workflow):
-    """The shipped graph on the fixture models, at 64 px, 2 steps, references at most 64 px."""
-    graph = headless.substitute_fixture_loaders(json.loads(workflow.read_text()))
-    return headless.shrink_graph(graph, max_side=64, caps={"steps": STEPS, "ref_res": 64})
-
-
-def node_of(graph, class_type, n=0):
-    return sorted((k for k, v in graph.items() if v["class_type"] == class_type), key=lambda k: (len(k), k))[n]
+    return shipped_workflows.cheap_graph(headless, workflow, STEPS)
 
 
 def mirrored_input(graph):

@@ -33,8 +33,9 @@ import pytest
 
 from refcustom.tests.comfy_host import REPO_ROOT
 
+from . import shipped_workflows
 from .patch_matrix import on_fresh_model
-from .shipped_workflows import WORKFLOWS
+from .shipped_workflows import WORKFLOWS, node_of
 
 pytestmark = pytest.mark.tier2
 
@@ -51,10 +52,6 @@ class BadInput:
 
     def __str__(self):
         return self.name
-
-
-def node_of(graph: dict, class_type: str, n: int = 0) -> str:
-    return sorted((k for k, v in graph.items() if v["class_type"] == class_type), key=lambda k: (len(k), k))[n]
 
 
 def set_input(class_type: str, name: str, value, n: int = 0) -> Callable[[dict], None]:
@@ -287,8 +284,7 @@ def bad_files(request):
 
 
 def cheap_graph(headless, workflow: str) -> dict:
-    graph = headless.substitute_fixture_loaders(json.loads((WORKFLOWS / "api" / f"{workflow}.json").read_text()))
-    return headless.shrink_graph(graph, max_side=64, caps={"steps": 1, "ref_res": 64})
+    return shipped_workflows.cheap_graph(headless, WORKFLOWS / "api" / f"{workflow}.json", steps=1)
 
 
 def pixels(server, graph) -> list:
