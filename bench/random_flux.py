@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+import runpy
 import sys
 from pathlib import Path
 
@@ -25,12 +25,8 @@ def import_package():
     module = sys.modules.get(PACKAGE)
     if module is not None:
         return module
-    spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
-    return module
+    load_module = runpy.run_path(str(REPO / "scripts" / "load_by_path.py"))["load_module"]
+    return load_module(PACKAGE, REPO / "__init__.py", package_dir=REPO)
 
 
 def import_host():

@@ -313,10 +313,16 @@ class SharedAttentionWrapper:
         noised = sampling.calculate_input(sigma_rows, sampling.noise_scaling(sigma_rows, noise, references))
 
         total = x.shape[0]
+        # The reference rows borrow the positive prompt's conditioning (SynCD runs them with the prompt).
+        # ComfyUI batches the branches in no fixed order ([uncond, cond] is common), so find the positive
+        # chunk; a pass without it (the branches split for memory) has only shared negatives here, and
+        # their references use the first of them.
+        source_chunk = cond_or_uncond.index(0) if 0 in cond_or_uncond else shared_chunks.index(True)
+        source = source_chunk * batch
 
-        def extend(value):  # reference rows borrow the first (positive) row's conditioning
+        def extend(value):
             if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == total:
-                return torch.cat([value, value[:1].expand(count, *value.shape[1:])])
+                return torch.cat([value, value[source:source + 1].expand(count, *value.shape[1:])])
             if isinstance(value, list):
                 return [extend(v) for v in value]
             return value

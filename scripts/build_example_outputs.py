@@ -18,9 +18,9 @@ the torch build, the embedded workflows must not drift). tests/server/test_workf
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
+import runpy
 import shutil
 import sys
 import tempfile
@@ -31,12 +31,7 @@ WORKFLOWS = REPO / "workflows"
 EXAMPLE_OUTPUTS = WORKFLOWS / "example_outputs"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+_load = runpy.run_path(str(REPO / "scripts" / "load_by_path.py"))["load_module"]
 
 
 def workflow_names() -> list[str]:

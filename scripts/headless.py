@@ -30,15 +30,18 @@ to --out. Without --tiny the server's models/ is the host's models folder (or --
 the fixture nodes, substitutes the loaders and writes the tiny official DreamO files
 (tests/fixtures/dreamo_files.py) into a fresh models/ folder instead; --shrink makes the graph
 smoke-test sized. workflows/inputs/ is copied into the server's input/ folder either way.
+
+scripts/build_workflows.py starts its /object_info server with `start_server` too: this file is the one
+server helper of the scripts.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
+import runpy
 import shutil
 import signal
 import socket
@@ -53,6 +56,8 @@ import uuid
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# By path: this file is run as a command and loaded by path (tests), so scripts/ need not be on sys.path.
+load_module = runpy.run_path(str(REPO_ROOT / "scripts" / "load_by_path.py"))["load_module"]
 PACK_NAME = "refcustom"
 FIXTURES_ENV = "REFCUSTOM_TEST_FIXTURES"
 WORKFLOW_INPUTS = REPO_ROOT / "workflows" / "inputs"
@@ -450,14 +455,11 @@ def shrink_graph(api_graph: dict, max_side: int = 128, caps: dict | None = None)
 # ---- tiny files ----
 
 _WRITE_TINY_FILES = r"""
-import importlib, importlib.util, json, sys, types
+import importlib, json, runpy, sys, types
 root, models = sys.argv[1], sys.argv[2]
-init = root + "/__init__.py"
+load_module = runpy.run_path(root + "/scripts/load_by_path.py")["load_module"]
 try:
-    spec = importlib.util.spec_from_file_location("refcustom", init, submodule_search_locations=[root])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["refcustom"] = module
-    spec.loader.exec_module(module)
+    load_module("refcustom", root + "/__init__.py", package_dir=root)
 except FileNotFoundError:
     module = types.ModuleType("refcustom"); module.__path__ = [root]; sys.modules["refcustom"] = module
 try:
@@ -492,15 +494,13 @@ def write_tiny_files(models_dir: Path, python=None, repo_root: Path = REPO_ROOT)
 
 # ---- command line ----
 
-def _host_from_repo():
-    spec = importlib.util.spec_from_file_location("refcustom_comfy_host", REPO_ROOT / "tests" / "comfy_host.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def comfy_host():
+    """tests/comfy_host.py (where the ComfyUI host is: find_comfyui, host_python), loaded by path."""
+    return load_module("refcustom_comfy_host", REPO_ROOT / "tests" / "comfy_host.py", register=False)
 
 
 def run_workflow_cli(args) -> int:
-    host = _host_from_repo()
+    host = comfy_host()
     comfy_root = Path(args.comfyui).expanduser().resolve() if args.comfyui else host.find_comfyui()
     if comfy_root is None:
         print("no ComfyUI host found: pass --comfyui PATH or set COMFYUI_PATH", file=sys.stderr)

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Make a ComfyUI host ready for refcustom's tier-2 tests. Idempotent; safe to run before every test run.
 #
-#   scripts/setup_host.sh [--require]
+#   scripts/setup_host.sh [--require] [--archive comfyui-v0.8.0.tar.gz]
 #
 # 1. Find the host like tests/comfy_host.py does: $COMFYUI_PATH, a parent folder of this repository
-#    (installed as ComfyUI/custom_nodes/<name>), then ~/ComfyUI. If there is none, try to clone ComfyUI
-#    v0.8.0 (commit 3cd7b32f) into ~/ComfyUI; if that fails, say how to provide a host and exit 0
-#    (1 with --require).
+#    (installed as ComfyUI/custom_nodes/<name>), then ~/ComfyUI. If there is none, install ComfyUI v0.8.0
+#    into ~/ComfyUI: from a local source archive when one is given (--archive or $COMFYUI_ARCHIVE; for
+#    air-gapped machines, see ../shared/hosts/README.md), else by cloning commit 3cd7b32f. If that fails,
+#    say how to provide a host and exit 0 (1 with --require).
 # 2. Create <host>/.venv if it is missing: torch 2.14.1 + torchvision 0.29.1, torchaudio 2.11.0, ComfyUI's
 #    requirements.txt, then this pack's requirements.txt, pytest, transformers and sentencepiece.
 # 3. Install this pack's requirements into that venv if `import diffusers, peft, safetensors, einops,
-#    kornia, cv2, accelerate` fails (and pytest if it is missing), keeping the venv's torch as it is.
+#    kornia, cv2, accelerate` fails (and pytest + pytest-randomly if missing), keeping the venv's torch as it is.
 # 3b. Install the tier-2 test tools (websocket-client, playwright) and, as root with apt-get, Debian's chromium.
 # 4. Link this repository as <host>/custom_nodes/refcustom unless a link to it is already there.
 # Progress goes to stderr; the last line on stdout is the host's path.
@@ -21,13 +22,19 @@ COMFY_COMMIT=3cd7b32f1b7e7e90395cefe7d9f9b1f89276d8ce
 COMFY_URL=https://github.com/comfyanonymous/ComfyUI
 PACK_NAME=refcustom
 REQUIRE=0
-for arg in "$@"; do
-  case "$arg" in
+ARCHIVE="${COMFYUI_ARCHIVE:-}"
+while [ $# -gt 0 ]; do
+  case "$1" in
     --require) REQUIRE=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-    *) echo "setup_host.sh: unknown argument $arg" >&2; exit 2 ;;
+    --archive) ARCHIVE="${2:?--archive needs a path}"; shift ;;
+    --archive=*) ARCHIVE="${1#--archive=}" ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "setup_host.sh: unknown argument $1" >&2; exit 2 ;;
   esac
+  shift
 done
+# shellcheck source=lib/host_archive.sh
+. "$REPO/scripts/lib/host_archive.sh"
 
 say() { echo "setup_host: $*" >&2; }
 PY3="$(command -v python3 || command -v python || true)"
@@ -43,7 +50,8 @@ if [ "$rc" -eq 2 ]; then exit 2; fi   # COMFYUI_PATH set to something that is no
 no_host() {
   say "no ComfyUI host: $1"
   say "Provide one with COMFYUI_PATH=/path/to/ComfyUI (ComfyUI v0.8.0, commit ${COMFY_COMMIT:0:8}, with its"
-  say "own .venv), or clone $COMFY_URL into ~/ComfyUI and check out $COMFY_COMMIT, then run this script again."
+  say "own .venv), or COMFYUI_ARCHIVE=/path/to/comfyui-v0.8.0.tar.gz (a source archive, as in ../shared/hosts),"
+  say "or clone $COMFY_URL into ~/ComfyUI and check out $COMFY_COMMIT, then run this script again."
   say "Without a host only tier 1 runs (tier-2 tests are skipped)."
   if [ "$REQUIRE" -eq 1 ]; then exit 1; fi
   exit 0
@@ -52,13 +60,24 @@ no_host() {
 if [ -z "$HOST" ]; then
   TARGET="$HOME/ComfyUI"
   if [ -e "$TARGET" ]; then no_host "$TARGET exists but is not a ComfyUI checkout (no main.py and comfy/)"; fi
-  say "no ComfyUI host found; cloning ComfyUI v0.8.0 into $TARGET"
+  if [ -n "$ARCHIVE" ]; then
+    say "no ComfyUI host found; installing it from the archive $ARCHIVE into $TARGET"
+    extract_comfyui_archive "$ARCHIVE" "$TARGET" || no_host "the archive $ARCHIVE could not be installed (above)"
+    HOST="$(cd "$TARGET" && pwd -P)"
+    VERSION="$(comfyui_version_of "$HOST")"
+    say "installed ComfyUI $VERSION from $ARCHIVE"
+    [ "$VERSION" = "0.8.0" ] || say "note: the tests are pinned to ComfyUI 0.8.0; this archive holds $VERSION"
+  else
+    say "no ComfyUI host found; cloning ComfyUI v0.8.0 into $TARGET (set COMFYUI_ARCHIVE to install offline)"
+  fi
+fi
+if [ -z "$HOST" ]; then
   if GIT_TERMINAL_PROMPT=0 timeout 600 git clone -q "$COMFY_URL" "$TARGET" \
       && git -C "$TARGET" -c advice.detachedHead=false checkout -q "$COMFY_COMMIT"; then
     HOST="$(cd "$TARGET" && pwd -P)"
   else
     rm -rf "$TARGET"
-    no_host "cloning $COMFY_URL failed (no network?)"
+    no_host "cloning $COMFY_URL failed (no network? set COMFYUI_ARCHIVE to a source archive instead)"
   fi
 fi
 say "ComfyUI host: $HOST"
@@ -92,7 +111,7 @@ if [ ! -x "$PY" ]; then
   if [ -f "$REPO/requirements.txt" ]; then
     "$PY" -m pip install -q -c "$PINS" -r "$REPO/requirements.txt"
   fi
-  "$PY" -m pip install -q -c "$PINS" pytest transformers sentencepiece
+  "$PY" -m pip install -q -c "$PINS" pytest pytest-randomly transformers sentencepiece
   rm -f "$PINS"
 fi
 
@@ -107,9 +126,9 @@ if ! "$PY" -c "import diffusers, peft, safetensors, einops, kornia, cv2, acceler
   fi
   rm -f "$PINS"
 fi
-if ! "$PY" -c "import pytest" >/dev/null 2>&1; then
+if ! "$PY" -c "import pytest, pytest_randomly" >/dev/null 2>&1; then
   PINS="$(pin_torch)"
-  "$PY" -m pip install -q -c "$PINS" pytest
+  "$PY" -m pip install -q -c "$PINS" pytest pytest-randomly
   rm -f "$PINS"
 fi
 

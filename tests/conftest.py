@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import runpy
 import sys
 import types
 from pathlib import Path
@@ -45,14 +46,9 @@ def register_package() -> types.ModuleType:
         return importlib.import_module(PACKAGE)
     init = REPO_ROOT / "__init__.py"
     if init.is_file():
-        spec = importlib.util.spec_from_file_location(PACKAGE, init, submodule_search_locations=[str(REPO_ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[PACKAGE]
-            raise
+        # By path: this runs before `refcustom` (and so refcustom.scripts) can be imported.
+        load_module = runpy.run_path(str(REPO_ROOT / "scripts" / "load_by_path.py"))["load_module"]
+        module = load_module(PACKAGE, init, package_dir=REPO_ROOT)
     else:  # the package's __init__.py is being written: still let tests import its submodules
         module = types.ModuleType(PACKAGE)
         module.__path__ = [str(REPO_ROOT)]
@@ -126,6 +122,9 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_configure(config):
+    from refcustom.tests.tier_report import TierReport
+
+    config.pluginmanager.register(TierReport(), "refcustom-tier-report")
     config.addinivalue_line(
         "markers", "tier2: needs a real ComfyUI host (in-process node tests or a headless server)"
     )

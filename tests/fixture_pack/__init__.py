@@ -7,18 +7,17 @@ it is asked for the fixtures (the tests, the tiny quick start, the example-outpu
 
 from __future__ import annotations
 
-import importlib.util
 import logging
+import runpy
 from pathlib import Path
 
-FIXTURE_NODES = Path(__file__).resolve().parent.parent / "fixtures" / "fixture_nodes.py"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIXTURE_NODES = REPO_ROOT / "tests" / "fixtures" / "fixture_nodes.py"
 
 
 def _fixture_nodes() -> list:
-    spec = importlib.util.spec_from_file_location("refcustom_test_fixture_nodes", FIXTURE_NODES)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_fixture_nodes()
+    load_module = runpy.run_path(str(REPO_ROOT / "scripts" / "load_by_path.py"))["load_module"]
+    return load_module("refcustom_test_fixture_nodes", FIXTURE_NODES, register=False).get_fixture_nodes()
 
 
 async def comfy_entrypoint():

@@ -48,6 +48,10 @@ if str(COMFY_ROOT) not in sys.path:
 import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True
+# The floor run (scripts/test.sh) points COMFYUI_PATH at another ComfyUI: make sure that is the one imported.
+if not Path(comfy.cli_args.__file__).resolve().is_relative_to(COMFY_ROOT):
+    raise RuntimeError(f"comfy was imported from {comfy.cli_args.__file__}, not from the host {COMFY_ROOT}: "
+                       "another ComfyUI is on sys.path before the tests start")
 
 import comfy.model_base  # noqa: E402
 import comfy.model_management  # noqa: E402

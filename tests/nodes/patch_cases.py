@@ -26,6 +26,7 @@ from refcustom.nodes.shared_attention import MaskedSharedAttentionNode, SharedAt
 from refcustom.nodes.true_cfg_guider import TrueCFGGuiderNode
 from refcustom.tests.fixtures.dreamo_files import USER_LORA_FILE
 from refcustom.tests.nodes.aligngen_inputs import tiny_redux
+from refcustom.tests.nodes.core_nodes import run_core_node
 from refcustom.tests.nodes.dreamo_loading import load_dreamo
 
 STEPS, LATENT = 2, 8  # 64 px
@@ -106,7 +107,8 @@ def true_cfg_guider(model, clip, vae):
 
 def normalized_guider(model, clip, vae):
     latent = vae.encode(reference_image()[..., :3])
-    (positive,) = ReferenceLatent.execute(encode(clip, "make it a painting"), {"samples": latent}).args
+    (positive,) = run_core_node(ReferenceLatent, conditioning=encode(clip, "make it a painting"),
+                                latent={"samples": latent})
     image_only, negative = GuidanceBranchesNode.execute(positive, clip, "").args
     (guider,) = NormalizedGuidanceGuiderNode.execute(model, positive, image_only, negative, 2.0, 1.5, 1.0, True).args
     return guide(guider, model)

@@ -1,7 +1,6 @@
 """The tiny host models are real ComfyUI models: they sample, decode, take FLUX reference latents and
 ComfyUI's own LoRA key mapping, and the fixture nodes serve them (tier 2, in-process)."""
 
-import importlib.util
 from pathlib import Path
 
 import comfy.latent_formats
@@ -16,7 +15,9 @@ import torch
 from comfy_extras.nodes_edit_model import ReferenceLatent
 from comfy_extras.nodes_flux import FluxKontextMultiReferenceLatentMethod
 
+from refcustom.scripts.load_by_path import load_module
 from refcustom.tests.fixtures import tiny_host_models
+from refcustom.tests.nodes.core_nodes import run_core_node
 
 pytestmark = pytest.mark.tier2
 
@@ -98,8 +99,9 @@ def test_reference_latents_with_the_uxo_method(tiny_flux, tiny_clip, tiny_vae):
     assert reference.shape == (1, 16, 4, 6)
     positive, negative = encode(tiny_clip, "the toy"), encode(tiny_clip, "")
     # Core nodes, as a graph would use them: ReferenceLatent, then the "uxo/uno" method.
-    (with_ref,) = ReferenceLatent.execute(positive, {"samples": reference}).args
-    (with_ref,) = FluxKontextMultiReferenceLatentMethod.execute(with_ref, "uxo/uno").args
+    (with_ref,) = run_core_node(ReferenceLatent, conditioning=positive, latent={"samples": reference})
+    (with_ref,) = run_core_node(FluxKontextMultiReferenceLatentMethod, conditioning=with_ref,
+                                reference_latents_method="uxo/uno")
     assert with_ref[0][1]["reference_latents_method"] == "uxo"
     # And a second reference written directly into the cond dict.
     two_refs = [[with_ref[0][0], {**with_ref[0][1],
@@ -136,7 +138,7 @@ def test_vae_behaves_like_the_flux_vae_for_shapes(tiny_vae):
     # Core EmptySD3LatentImage (what FLUX workflows use) makes latents of the shape the VAE decodes.
     from comfy_extras.nodes_sd3 import EmptySD3LatentImage
 
-    empty = EmptySD3LatentImage.execute(64, 48, 1).args[0]["samples"]
+    empty = run_core_node(EmptySD3LatentImage, width=64, height=48, batch_size=1)[0]["samples"]
     assert tiny_vae.decode(empty).shape == (1, 48, 64, 3)
 
 
@@ -173,10 +175,7 @@ def test_clip_gives_flux_conditioning_and_takes_embedding_tokens(tiny_clip):
 
 def _load_fixture_nodes():
     path = Path(tiny_host_models.__file__).with_name("fixture_nodes.py")
-    spec = importlib.util.spec_from_file_location("refcustom_test_fixture_nodes_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("refcustom_test_fixture_nodes_under_test", path, register=False)
 
 
 def test_fixture_nodes_serve_cached_tiny_models():

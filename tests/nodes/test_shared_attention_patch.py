@@ -1,19 +1,23 @@
 """Masked Shared Attention on ComfyUI's FLUX (tier 2, in-process)."""
 
-from dataclasses import replace
-
 import comfy.patcher_extension
 import nodes as comfy_nodes
 import pytest
 import torch
 
-from refcustom.model.shared_attention import dense_shared_attention
 from refcustom.nodes.shared_attention import MaskedSharedAttentionNode
 from refcustom.nodes.shared_attention_patch import SHARED_ATTENTION_KEY, SharedAttentionSettings, SharedAttentionWrapper
+from refcustom.tests.nodes.msa_oracle import (
+    MaskedSharedAttentionOracle,
+    SharedReferenceOracle,
+    t5_rows_of,
+    token_mask,
+)
 from refcustom.tests.nodes.test_dreamo_nodes import tiny_sd3
 
 BATCH = 3
 SIZE = 48  # 6x6 latent -> 3x3 tokens
+GRID = (SIZE // 16, SIZE // 16)
 
 
 def patch(model, mask, full_shared_steps=0, dilation=1, patch_negative=False, **words):
@@ -26,6 +30,12 @@ def with_kernel(model, mask, kernel, **settings):
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY,
                                  SharedAttentionWrapper(SharedAttentionSettings(masks=mask, kernel=kernel, **settings)))
     return patched
+
+
+def by_definition(model, mask, dilation=1, full_shared_steps=0, patch_negative=False):
+    """The independent oracle (tests/nodes/msa_oracle.py): MSA from the paper, no code of the pack."""
+    return MaskedSharedAttentionOracle(GRID, token_mask(mask, GRID, dilation), full_shared_steps,
+                                       patch_negative).install(model)
 
 
 def sample(model, clip, cfg=1.0, steps=3):
@@ -53,8 +63,7 @@ def test_background_only_masks_equal_the_unpatched_model(tiny_flux, tiny_clip):
 def test_full_masks_equal_unmasked_shared_attention_by_definition(tiny_flux, tiny_clip):
     gathered = sample(patch(tiny_flux, masks(1.0)), tiny_clip)
     # The paper's definition: one sequence of all images with the dense -inf bias.
-    dense = sample(with_kernel(tiny_flux, masks(1.0), dense_shared_attention, dilation=1, full_shared_steps=0), tiny_clip)
-    torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gathered, sample(by_definition(tiny_flux, masks(1.0)), tiny_clip), rtol=1e-5, atol=1e-5)
     # Full sharing in the first steps is the same thing as full masks.
     first_steps = sample(patch(tiny_flux, masks(0.0), full_shared_steps=100), tiny_clip)
     torch.testing.assert_close(first_steps, gathered, rtol=1e-5, atol=1e-5)
@@ -63,10 +72,20 @@ def test_full_masks_equal_unmasked_shared_attention_by_definition(tiny_flux, tin
 
 def test_partial_masks_match_the_dense_definition(tiny_flux, tiny_clip):
     gathered = sample(patch(tiny_flux, masks(), full_shared_steps=1), tiny_clip, cfg=2.0)
-    dense = sample(with_kernel(tiny_flux, masks(), dense_shared_attention, dilation=1, full_shared_steps=1),
-                   tiny_clip, cfg=2.0)
+    dense = sample(by_definition(tiny_flux, masks(), full_shared_steps=1), tiny_clip, cfg=2.0)
     torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
     assert torch.isfinite(gathered).all()
+
+
+def test_dilation_matches_the_dense_definition(tiny_flux, tiny_clip):
+    m = torch.zeros(BATCH, SIZE, SIZE)
+    m[0, 2:10, 2:10] = 1.0  # one corner token each: dilated 3x3, a 2x2 corner of the 3x3 grid
+    m[1, 40:46, 40:46] = 1.0
+    m[2, 0:6, 42:48] = 1.0
+    gathered = sample(patch(tiny_flux, m, dilation=3), tiny_clip)
+    torch.testing.assert_close(gathered, sample(by_definition(tiny_flux, m, dilation=3), tiny_clip),
+                               rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(gathered, sample(by_definition(tiny_flux, m, dilation=1), tiny_clip), rtol=1e-4, atol=1e-4)
 
 
 def test_unpatched_runs_before_and_after_are_bit_identical(tiny_flux, tiny_clip):
@@ -88,7 +107,7 @@ def test_an_empty_mask_shares_nothing_and_stays_finite(tiny_flux, tiny_clip, cap
     m = masks()
     m[1] = 0.0
     gathered = sample(patch(tiny_flux, m), tiny_clip)
-    dense = sample(with_kernel(tiny_flux, m, dense_shared_attention, dilation=1, full_shared_steps=0), tiny_clip)
+    dense = sample(by_definition(tiny_flux, m), tiny_clip)
     assert torch.isfinite(gathered).all()
     torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
     assert "masks of images [1] are empty" in caplog.text
@@ -135,7 +154,7 @@ def test_works_with_dreamo_references_which_are_never_shared(tiny_flux, tiny_cli
         return out["samples"]
 
     gathered = run(patch(dreamo, masks(), full_shared_steps=1))
-    dense = run(with_kernel(dreamo, masks(), dense_shared_attention, dilation=1, full_shared_steps=1))
+    dense = run(by_definition(dreamo, masks(), full_shared_steps=1))
     assert torch.isfinite(gathered).all()
     torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(gathered, run(dreamo))
@@ -163,23 +182,20 @@ def test_chains_an_earlier_attention_override(tiny_flux, tiny_clip):
 def test_without_a_mask_the_subject_words_attention_drives_sharing(tiny_flux, tiny_clip):
     words = {"clip": tiny_clip, "prompt": "a red toy robot", "subject_words": "robot"}
     gathered = sample(patch(tiny_flux, None, full_shared_steps=1, **words), tiny_clip)
-    dense = sample(with_kernel(tiny_flux, None, dense_shared_attention, dilation=1, full_shared_steps=1,
-                               word_tokens=patch_settings_words(tiny_clip)), tiny_clip)
+    dense = sample(estimated_by_definition(tiny_flux, tiny_clip, full_shared_steps=1), tiny_clip)
     assert torch.isfinite(gathered).all()
     torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(gathered, sample(tiny_flux, tiny_clip))
     # From the first step on, only the estimated foreground is shared: still a change, still the definition.
     estimated = sample(patch(tiny_flux, None, full_shared_steps=0, **words), tiny_clip)
     assert not torch.allclose(estimated, sample(tiny_flux, tiny_clip))
-    dense_estimated = sample(with_kernel(tiny_flux, None, dense_shared_attention, dilation=1, full_shared_steps=0,
-                                         word_tokens=patch_settings_words(tiny_clip)), tiny_clip)
+    dense_estimated = sample(estimated_by_definition(tiny_flux, tiny_clip, full_shared_steps=0), tiny_clip)
     torch.testing.assert_close(estimated, dense_estimated, rtol=1e-5, atol=1e-5)
 
 
-def patch_settings_words(clip):
-    from refcustom.nodes.shared_attention import subject_word_positions
-
-    return subject_word_positions(clip, "a red toy robot", "robot")
+def estimated_by_definition(model, clip, full_shared_steps):
+    words = t5_rows_of(clip, "a red toy robot", "robot")  # the oracle's own lookup
+    return MaskedSharedAttentionOracle(GRID, None, full_shared_steps, word_positions=words).install(model)
 
 
 def test_subject_word_positions_and_errors(tiny_clip):
@@ -196,34 +212,44 @@ def test_subject_word_positions_and_errors(tiny_clip):
 
 
 
-def reference_patch(model, vae, reference_mask=None, kernel=None, full_shared_steps=0):
+def reference_images():
+    # On the uint8 grid (k / 255), as LoadImage gives them: the node encodes its references from uint8.
+    return torch.randint(0, 256, (2, SIZE, SIZE, 3), generator=torch.Generator().manual_seed(9)).float() / 255.0
+
+
+def reference_patch(model, vae, reference_mask=None, full_shared_steps=0):
     from refcustom.nodes.shared_attention import SharedAttentionReferenceNode
 
-    reference = torch.rand(2, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(9))
-    patched = SharedAttentionReferenceNode.execute(model, vae, reference, 1, full_shared_steps, False, 3,
-                                                   reference_mask=reference_mask).args[0]
-    if kernel is not None:  # same settings, another kernel (the dense definition)
-        wrappers = patched.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
-        settings = wrappers[0].settings
-        patched = patched.clone()
-        patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY)
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, SHARED_ATTENTION_KEY,
-                                     SharedAttentionWrapper(replace(settings, kernel=kernel)))
-    return patched
+    return SharedAttentionReferenceNode.execute(model, vae, reference_images(), 1, full_shared_steps, False, 3,
+                                                reference_mask=reference_mask).args[0]
+
+
+def reference_by_definition(model, vae, reference_mask, full_shared_steps=0):
+    latents = SharedReferenceOracle.encode(model, vae, reference_images())
+    return SharedReferenceOracle(GRID, latents, token_mask(reference_mask, GRID), full_shared_steps,
+                                 noise_seed=3).install(model)
 
 
 def test_reference_mode_matches_the_dense_definition(tiny_flux, tiny_clip, tiny_vae):
     reference_masks = torch.zeros(2, SIZE, SIZE)
     reference_masks[:, 8:40, 8:40] = 1.0
-    gathered = sample(reference_patch(tiny_flux, tiny_vae, reference_masks, full_shared_steps=1), tiny_clip, cfg=2.0)
-    dense = sample(reference_patch(tiny_flux, tiny_vae, reference_masks, kernel=dense_shared_attention,
-                                   full_shared_steps=1), tiny_clip, cfg=2.0)
+    gathered = sample(reference_patch(tiny_flux, tiny_vae, reference_masks, full_shared_steps=1), tiny_clip)
+    dense = sample(reference_by_definition(tiny_flux, tiny_vae, reference_masks, full_shared_steps=1), tiny_clip)
     assert torch.isfinite(gathered).all()
     torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(gathered, sample(tiny_flux, tiny_clip, cfg=2.0))
+    assert not torch.allclose(gathered, sample(tiny_flux, tiny_clip))
     # the references' noise is fresh per step but seeded: the same run twice is identical
-    again = sample(reference_patch(tiny_flux, tiny_vae, reference_masks, full_shared_steps=1), tiny_clip, cfg=2.0)
+    again = sample(reference_patch(tiny_flux, tiny_vae, reference_masks, full_shared_steps=1), tiny_clip)
     assert torch.equal(gathered, again)
+
+
+def test_reference_mode_with_cfg_runs_the_references_with_the_positive_prompt(tiny_flux, tiny_clip, tiny_vae):
+    reference_masks = torch.zeros(2, SIZE, SIZE)
+    reference_masks[:, 8:40, 8:40] = 1.0
+    gathered = sample(reference_patch(tiny_flux, tiny_vae, reference_masks, full_shared_steps=1), tiny_clip, cfg=2.0)
+    dense = sample(reference_by_definition(tiny_flux, tiny_vae, reference_masks, full_shared_steps=1), tiny_clip,
+                   cfg=2.0)
+    torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
 
 
 def test_reference_mode_with_background_only_masks_is_the_unpatched_model(tiny_flux, tiny_clip, tiny_vae):
@@ -248,8 +274,7 @@ def test_reference_mode_errors(tiny_flux, tiny_vae):
 def test_patch_negative_shares_in_the_uncond_branch_too(tiny_flux, tiny_clip):
     cond_only = sample(patch(tiny_flux, masks(), full_shared_steps=1), tiny_clip, cfg=2.0)
     both = sample(patch(tiny_flux, masks(), full_shared_steps=1, patch_negative=True), tiny_clip, cfg=2.0)
-    dense_both = sample(with_kernel(tiny_flux, masks(), dense_shared_attention, dilation=1, full_shared_steps=1,
-                                    patch_negative=True), tiny_clip, cfg=2.0)
+    dense_both = sample(by_definition(tiny_flux, masks(), full_shared_steps=1, patch_negative=True), tiny_clip, cfg=2.0)
     assert not torch.allclose(cond_only, both)
     torch.testing.assert_close(both, dense_both, rtol=1e-5, atol=1e-5)
 

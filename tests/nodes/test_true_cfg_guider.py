@@ -17,6 +17,7 @@ from comfy_extras.nodes_model_advanced import RescaleCFG
 
 from refcustom.nodes.true_cfg_guider import TrueCFGGuiderNode
 from refcustom.tests.fixtures.tiny_host_models import build_tiny_sd3
+from refcustom.tests.nodes.core_nodes import run_core_node
 
 pytestmark = pytest.mark.tier2
 
@@ -128,13 +129,13 @@ def test_inverted_window_is_an_error_naming_the_inputs(tiny_flux, conds):
 
 def apg(model):
     # eta 0 drops the guidance component parallel to the positive; no norm cap, no momentum (stateless).
-    return APG.execute(model, 0.0, 0.0, 0.0).args[0]
+    return run_core_node(APG, model=model, eta=0.0, norm_threshold=0.0, momentum=0.0)[0]
 
 
 def apg_rescale_cfgnorm(model):
     model = apg(model)
-    (model,) = RescaleCFG().patch(model, 0.7)
-    return CFGNorm.execute(model, 0.9).args[0]
+    (model,) = run_core_node(RescaleCFG, model=model, multiplier=0.7)
+    return run_core_node(CFGNorm, model=model, strength=0.9)[0]
 
 
 @pytest.mark.parametrize("patch", [apg, apg_rescale_cfgnorm], ids=lambda f: f.__name__)

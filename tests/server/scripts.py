@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
+from refcustom.scripts.load_by_path import load_module
 from refcustom.tests.comfy_host import REPO_ROOT
 
 
@@ -12,8 +12,5 @@ def load_script(file_name: str):
     """scripts/<file_name> as the module `refcustom_<stem>`, loaded once per process."""
     name = "refcustom_" + file_name.removesuffix(".py")
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / file_name)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        load_module(name, REPO_ROOT / "scripts" / file_name)
     return sys.modules[name]
