@@ -169,7 +169,8 @@ class SharedAttentionOverride:
     """
 
     def __init__(self, foreground: torch.Tensor | None, text_tokens: int, shared_chunks: tuple[bool, ...], kernel,
-                 previous=None, batch: int = 0, grid: tuple[int, int] = (0, 0), word_tokens: tuple[int, ...] = ()):
+                 previous=None, batch: int = 0, grid: tuple[int, int] = (0, 0), word_tokens: tuple[int, ...] = (),
+                 double_blocks: int = 0):
         self.foreground = foreground  # [B, noise tokens] or None (estimate)
         self.text_tokens = text_tokens
         self.shared_chunks = shared_chunks
@@ -180,6 +181,16 @@ class SharedAttentionOverride:
         self.word_tokens = list(word_tokens)
         self.word_maps = None
         self.maps_added = 0
+        # ComfyUI names the block kind in transformer_options["block_type"] from v0.4; older hosts do not, and
+        # there the first `double_blocks` attention calls of a pass are the double blocks (FLUX's order).
+        self.double_blocks = double_blocks
+        self.calls = 0
+
+    def block_type(self, transformer_options: dict | None) -> str:
+        named = (transformer_options or {}).get("block_type")
+        if named is not None:
+            return named
+        return "double" if self.calls <= self.double_blocks else "single"
 
     def _add_word_maps(self, q, k):
         noise = self.grid[0] * self.grid[1]
@@ -203,8 +214,9 @@ class SharedAttentionOverride:
                 "Masked Shared Attention cannot combine with an attention mask on the same model (e.g. Redux with "
                 "strength_type 'attn_bias'); use strength_type 'multiply' or remove one of the two."
             )
+        self.calls += 1
         if self.foreground is None:
-            block_type = (kwargs.get("transformer_options") or {}).get("block_type")
+            block_type = self.block_type(kwargs.get("transformer_options"))
             if block_type == "double" or self.word_maps is None:
                 self._add_word_maps(q, k)
                 return self._original(func, q, k, v, heads, *args, mask=mask, skip_reshape=skip_reshape,
@@ -275,7 +287,8 @@ class SharedAttentionWrapper:
         patches["post_input"] = [*patches.get("post_input", []), CanvasOffsetPatch.for_chunks(batch, shared_chunks)]
         override = SharedAttentionOverride(foreground, context.shape[1], shared_chunks, self.settings.kernel,
                                            previous=transformer_options.get("optimized_attention_override"),
-                                           batch=batch, grid=grid, word_tokens=self.settings.word_tokens)
+                                           batch=batch, grid=grid, word_tokens=self.settings.word_tokens,
+                                           double_blocks=len(executor.class_obj.double_blocks))
         options = {**transformer_options, "patches": patches, "optimized_attention_override": override}
         return executor(x, timestep, context, y, guidance, ref_latents, control, options, **kwargs)
 

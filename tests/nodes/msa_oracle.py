@@ -138,6 +138,7 @@ class MaskedSharedAttentionOracle:
         return self
 
     def install(self, model):
+        self.double_blocks = len(model.model.diffusion_model.double_blocks)
         patched = model.clone()
         patched.set_model_post_input_patch(self.canvas)
         patched.model_options["transformer_options"]["optimized_attention_override"] = self.attention
@@ -151,6 +152,7 @@ class MaskedSharedAttentionOracle:
         img_ids, txt_ids = kwargs["img_ids"].clone(), kwargs["txt_ids"].clone()
         self.text_tokens, self.image_tokens = kwargs["txt"].shape[1], kwargs["img"].shape[1]
         self.word_maps = []  # a new forward pass
+        self.attention_calls = 0
         for sample in range(img_ids.shape[0]):
             span = img_ids[sample, :, 1].max() - img_ids[sample, :, 1].min() + 1  # rows this image's ids cover
             down = self.canvas_slot(sample, img_ids.shape[0]) * span
@@ -164,6 +166,7 @@ class MaskedSharedAttentionOracle:
         assert skip_reshape and mask is None, "FLUX's joint attention passes [B, H, L, D] and no mask here"
         assert q.shape[2] == self.text_tokens + self.image_tokens
         options = transformer_options
+        self.attention_calls += 1
         out = self.pass_attention(q, k, v, options)
         if skip_output_reshape:
             return out
@@ -188,6 +191,12 @@ class MaskedSharedAttentionOracle:
             out[rows] = definition_attention(q[rows], k[rows], v[rows], self.text_tokens, lends, [True] * batch)
         return out
 
+    def kind_of_block(self, options) -> str:
+        """FLUX runs its double blocks first, one attention call each; ComfyUI >= 0.4 also names the kind."""
+        if "block_type" in options:
+            return options["block_type"]
+        return "double" if self.attention_calls <= self.double_blocks else "single"
+
     def lent_tokens(self, q, k, batch, full, options):
         """bool [batch, noise tokens] this chunk lends in this attention call, or None to run unshared."""
         if full:
@@ -196,7 +205,7 @@ class MaskedSharedAttentionOracle:
             assert self.lent.shape[0] == batch
             return self.lent
         assert not self.patch_negative, "the oracle estimates masks for the positive chunk only"
-        if options["block_type"] == "double":
+        if self.kind_of_block(options) == "double":
             self.word_maps.append(self.word_map(q, k))
             return None
         maps = torch.stack(self.word_maps).mean(dim=0)  # [batch, noise tokens]
