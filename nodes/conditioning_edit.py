@@ -25,11 +25,20 @@ def with_diagonal_reference(cond: dict, latent, method_user: str) -> tuple[dict,
     """(copy of one cond dict with `latent` appended to core's reference latents in the diagonal layout, its slot).
 
     Every reference latent of a conditioning shares one layout, so latents already there in another one
-    (Kontext's) are an error naming `method_user`, the method that needs the diagonal layout.
+    are an error naming `method_user`, the method that needs the diagonal layout. Latents with no method
+    come from core's ReferenceLatent, which FLUX lays out as Kontext does ('offset'): switching them to
+    the diagonal layout would silently change what a Kontext model sees, so they are an error too.
     """
     latents = list(cond.get("reference_latents", []))
     method = cond.get("reference_latents_method")
-    if latents and method not in (None, DIAGONAL_REFERENCE_METHOD):
+    if latents and method is None:
+        raise ValueError(
+            f"this conditioning already carries {len(latents)} reference latent(s) from a core ReferenceLatent node "
+            f"(FLUX Kontext's layout). {method_user} lays every reference of a conditioning out diagonally, which "
+            f"would silently move them. Give that image to {method_user} instead of ReferenceLatent, or keep the "
+            f"Kontext reference on a conditioning without {method_user} references."
+        )
+    if latents and method != DIAGONAL_REFERENCE_METHOD:
         raise ValueError(
             f"this conditioning already carries reference latents in the '{method}' layout (Kontext); {method_user} "
             f"needs the diagonal '{DIAGONAL_REFERENCE_METHOD}' layout for all of them. Use separate conditionings."

@@ -37,8 +37,10 @@ class DreamOEmbeddingPatch:
 
 
 def layout_for_pass(
-    latent: torch.Tensor, ref_latents: list[torch.Tensor] | None, references: DreamOReferenceSet, patch_size: int
+    latent: torch.Tensor, ref_latents: list[torch.Tensor] | None, references: DreamOReferenceSet, patch_size: int,
+    other_slots: frozenset[int] = frozenset(),
 ) -> TokenLayout:
+    """other_slots: reference-latent slots another method of this pack owns (AlignGen's)."""
     ref_latents = ref_latents or []
     missing = [r.slot for r in references.references if r.slot >= len(ref_latents)]
     if missing:
@@ -46,6 +48,18 @@ def layout_for_pass(
             f"the conditioning lists DreamO references in reference-latent slots {missing}, but only "
             f"{len(ref_latents)} reference latents reached the model. A node between the DreamO reference node "
             "and the sampler removed them; connect the DreamO reference output straight to the sampler."
+        )
+    owned = {r.slot for r in references.references} | set(other_slots)
+    strangers = [slot for slot in range(len(ref_latents)) if slot not in owned]
+    if strangers:
+        # A core ReferenceLatent (Kontext) after the DreamO reference: its latent would silently take
+        # DreamO's diagonal layout with no DreamO index, which neither model was trained on.
+        raise ValueError(
+            f"this conditioning carries {len(strangers)} reference latent(s) that no DreamO Reference node added "
+            f"(slots {strangers}; a core ReferenceLatent / FLUX Kontext reference?). DreamO lays every reference "
+            "latent of a conditioning out diagonally, so it would silently change that reference's layout. Give the "
+            "image to a DreamO Reference node instead, or keep the Kontext reference on a conditioning without "
+            "DreamO references."
         )
     return TokenLayout(
         noise_tokens=tokens_for_latent(latent.shape[-2], latent.shape[-1], patch_size),
@@ -78,6 +92,17 @@ def require_named_references(named, references: DreamOReferenceSet | None, trans
         )
 
 
+def aligngen_slots(model_kwargs: dict) -> frozenset[int]:
+    """The reference-latent slot AlignGen Conditioning added to this pass, if any (it may share a conditioning)."""
+    from .aligngen_patch import ALIGNGEN_COND_KEY  # here: aligngen_patch imports this module
+
+    payload = model_kwargs.get(ALIGNGEN_COND_KEY)
+    if payload is None:
+        return frozenset()
+    rows = (payload,) if hasattr(payload, "reference_slot") else tuple(payload)
+    return frozenset(row.reference_slot for row in rows)
+
+
 class DreamOEmbeddingWrapper:
     """DIFFUSION_MODEL wrapper that installs `DreamOEmbeddingPatch` for passes with DreamO references."""
 
@@ -107,7 +132,8 @@ class DreamOEmbeddingWrapper:
                 f"DreamO Reference (index {reference.index})", reference.batch, latent_batch,
                 "use one DreamO Reference node per reference image, or give as many reference images as the latent "
                 "batch.")
-        layout = layout_for_pass(x, ref_latents, references, executor.class_obj.patch_size)
+        layout = layout_for_pass(x, ref_latents, references, executor.class_obj.patch_size,
+                                 other_slots=aligngen_slots(kwargs))
         patches = dict(transformer_options.get("patches", {}))
         # First in line: DreamO adds its embeddings to img_in's output before any other post-input patch.
         patches["post_input"] = [DreamOEmbeddingPatch(self.embedding, layout), *patches.get("post_input", [])]

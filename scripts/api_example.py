@@ -9,6 +9,14 @@ weights first (`python main.py` in ComfyUI), then:
     python scripts/api_example.py --server http://127.0.0.1:8188 --workflow workflows/api/dreamo_ip.json \\
         --prompt "a toy from [ref#1] on a beach" --reference my_toy.png --seed 7 --out outputs/
 
+That needs the workflow's weights in ComfyUI's models folder (scripts/fetch_weights.py --workflow dreamo_ip).
+To try the client with no weights at all, add `--tiny`: instead of --server it starts its own headless
+ComfyUI (scripts/headless.py, CPU) with the tests' tiny random-weight models, swaps the workflow's loaders
+for them and shrinks the graph to smoke-test size (the picture is noise), then stops the server:
+
+    ~/ComfyUI/.venv/bin/python scripts/api_example.py --tiny --workflow workflows/api/dreamo_ip.json \\
+        --prompt "a toy from [ref#1] on a beach" --reference workflows/inputs/refcustom_subject.png --out outputs/
+
 From Python (tests/server/test_api_workflows.py loads this file by path and does this for every workflow):
 
     graph = json.loads(Path("workflows/api/dreamo_ip.json").read_text())
@@ -35,8 +43,12 @@ serving either way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import runpy
+import shutil
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -223,6 +235,32 @@ def fetch_images(server: str, prompt_id: str) -> list[tuple[str, bytes]]:
 
 # ---- command line ----
 
+@contextlib.contextmanager
+def tiny_server(graph: dict):
+    """A headless ComfyUI with the tiny fixture models (what the tests use), for trying this client with no
+    weights: yields (its address, `graph` with its loaders swapped for the tiny ones and shrunk)."""
+    here = Path(__file__).resolve().parent
+    load_module = runpy.run_path(str(here / "load_by_path.py"))["load_module"]
+    headless = load_module("refcustom_headless", here / "headless.py")
+    host = headless.comfy_host()
+    root = host.find_comfyui()
+    if root is None:
+        raise ComfyError("--tiny needs a ComfyUI host: set COMFYUI_PATH or run scripts/setup_host.sh")
+    python = host.host_python(root)
+    base_dir = Path(tempfile.mkdtemp(prefix="refcustom-api-tiny-"))
+    server = None
+    try:
+        headless.prepare_base_dir(base_dir)
+        headless.write_tiny_files(base_dir / "models", python=python)
+        print(f"starting a headless ComfyUI with the tiny test models ({root}) ...", file=sys.stderr, flush=True)
+        server = headless.start_server(root, base_dir, extra_env={headless.FIXTURES_ENV: "1"}, python=python)
+        yield server.url, headless.shrink_graph(headless.substitute_fixture_loaders(graph))
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI's address")
@@ -232,9 +270,23 @@ def main(argv=None) -> int:
                         help="reference image file; repeat for reference 2, 3, ... (LoadImage nodes in id order)")
     parser.add_argument("--seed", type=int, help="seed of every sampler")
     parser.add_argument("--out", default="outputs", help="folder for the images")
+    parser.add_argument("--tiny", action="store_true",
+                        help="no weights needed: start a headless ComfyUI with tiny random models instead of --server")
     args = parser.parse_args(argv)
 
     graph = json.loads(Path(args.workflow).read_text())
+    if args.tiny:
+        try:
+            with tiny_server(graph) as (address, tiny_graph):
+                return run_client(args, address, tiny_graph)
+        except (RuntimeError, OSError) as error:  # no host, or the tiny server did not start (HeadlessError)
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    return run_client(args, args.server, graph)
+
+
+def run_client(args, server: str, graph: dict) -> int:
+    """Upload the references, set prompt and seed, run `graph` on `server`, save the images to args.out."""
 
     def show(event):  # [KSampler 11] 3/20
         data = event["data"]
@@ -248,11 +300,11 @@ def main(argv=None) -> int:
         if args.prompt is not None:
             set_prompt(graph, args.prompt)
         for n, path in enumerate(args.reference, start=1):
-            set_reference(graph, upload_image(args.server, path), n)
+            set_reference(graph, upload_image(server, path), n)
         if args.seed is not None:
             set_seed(graph, args.seed)
-        prompt_id, _ = run(args.server, graph, on_progress=show)
-        images = fetch_images(args.server, prompt_id)
+        prompt_id, _ = run(server, graph, on_progress=show)
+        images = fetch_images(server, prompt_id)
     except (ComfyError, ValueError, OSError) as error:  # OSError: a missing file, ComfyUI not reachable
         print(f"error: {error}", file=sys.stderr)
         return 1

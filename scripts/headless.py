@@ -30,6 +30,9 @@ to --out. Without --tiny the server's models/ is the host's models folder (or --
 the fixture nodes, substitutes the loaders and writes the tiny official DreamO files
 (tests/fixtures/dreamo_files.py) into a fresh models/ folder instead; --shrink makes the graph
 smoke-test sized. workflows/inputs/ is copied into the server's input/ folder either way.
+Real weights run on ComfyUI's own device choice (the GPU when the host's torch sees one; `--device cpu`
+forces the CPU) and wait up to an hour; --tiny runs on the CPU. While the prompt runs, the server's log
+(model loads, the sampler's progress bar) is echoed to stderr (--quiet turns that off).
 
 scripts/build_workflows.py starts its /object_info server with `start_server` too: this file is the one
 server helper of the scripts.
@@ -176,6 +179,7 @@ class Server:
         self.url = f"http://{LOOPBACK}:{port}"
         self.client_id = uuid.uuid4().hex
         self.startup_log = ""  # the log up to the first answer: pack imports, node registration
+        self.device = "cpu"  # what start_server asked ComfyUI for: "cpu" or the accelerator's kind
 
     # ---- process ----
 
@@ -257,10 +261,15 @@ class Server:
             raise HeadlessError(f"POST /prompt answered {status}: {answer}")
         return answer["prompt_id"]
 
-    def wait(self, prompt_id: str, timeout: float = 300.0, poll: float = 0.2) -> dict:
-        """Poll /history/<id> until the prompt finished; return its history entry or raise PromptFailed."""
+    def wait(self, prompt_id: str, timeout: float = 300.0, poll: float = 0.2, on_poll=None) -> dict:
+        """Poll /history/<id> until the prompt finished; return its history entry or raise PromptFailed.
+
+        on_poll: called with no argument on every poll (scripts/headless.py's command line passes a
+        LogFollower to show the server's progress)."""
         deadline = time.monotonic() + timeout
         while True:
+            if on_poll is not None:
+                on_poll()
             if not self.alive():
                 raise self._died(f"waiting for prompt {prompt_id}")
             history = self.get_json(f"/history/{prompt_id}")
@@ -280,8 +289,8 @@ class Server:
                                     f"queue: {self.get_json('/queue')}; log tail:\n{self.log_tail(20)}")
             time.sleep(poll)
 
-    def run(self, api_graph: dict, timeout: float = 300.0) -> dict:
-        return self.wait(self.queue(api_graph), timeout=timeout)
+    def run(self, api_graph: dict, timeout: float = 300.0, on_poll=None) -> dict:
+        return self.wait(self.queue(api_graph), timeout=timeout, on_poll=on_poll)
 
     @staticmethod
     def output_images(entry: dict) -> list[dict]:
@@ -325,10 +334,40 @@ class Server:
         return json.loads(answer)
 
 
+def accelerator_of(python) -> str | None:
+    """The accelerator the host's torch sees ('cuda', 'xpu', 'mps'), or None: what ComfyUI would pick."""
+    probe = ("import torch\n"
+             "xpu = getattr(torch, 'xpu', None)\n"
+             "mps = getattr(torch.backends, 'mps', None)\n"
+             "print('cuda' if torch.cuda.is_available() else 'xpu' if xpu is not None and xpu.is_available() "
+             "else 'mps' if mps is not None and mps.is_available() else '')")
+    try:
+        result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=120,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
+
+
+def server_command(python, port: int, base_dir: Path, accelerator: str | None, extra_args=()) -> list[str]:
+    """ComfyUI's command line: loopback only, no browser, no API nodes, an in-memory database; `--cpu`
+    unless an accelerator is to be used (then ComfyUI picks the device itself, as a user's plain start does)."""
+    return [str(python), "main.py", *([] if accelerator else ["--cpu"]), "--listen", LOOPBACK, "--port", str(port),
+            "--disable-auto-launch", "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
+            "--base-directory", str(base_dir), *map(str, extra_args)]
+
+
 def start_server(comfy_root, base_dir, port: int | None = None, extra_env: dict | None = None,
                  python=None, extra_args=(), timeout: float = 180.0, pack_root: Path | None = REPO_ROOT,
-                 inputs: Path | None = WORKFLOW_INPUTS) -> Server:
-    """Start ComfyUI (CPU, loopback only) with `base_dir` as its base directory and wait until it answers."""
+                 inputs: Path | None = WORKFLOW_INPUTS, device: str = "cpu") -> Server:
+    """Start ComfyUI (loopback only) with `base_dir` as its base directory and wait until it answers.
+
+    device: "cpu" (the tests and the tiny models: `--cpu`, reproducible anywhere) or "auto" (ComfyUI's own
+    device choice when the host's torch sees an accelerator, `--cpu` when it sees none, since ComfyUI with
+    a CUDA build of torch and no GPU fails to start). `server.device` says which it got.
+    """
+    if device not in ("cpu", "auto"):
+        raise ValueError(f"device must be 'cpu' or 'auto', not {device!r}")
     comfy_root, base_dir = Path(comfy_root).resolve(), Path(base_dir).resolve()
     if not (comfy_root / "main.py").is_file():
         raise HeadlessError(f"{comfy_root} is not a ComfyUI checkout (no main.py)")
@@ -342,9 +381,8 @@ def start_server(comfy_root, base_dir, port: int | None = None, extra_env: dict 
     env = dict(os.environ)
     env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"})
     env.update(extra_env or {})
-    command = [str(python), "main.py", "--cpu", "--listen", LOOPBACK, "--port", str(port), "--disable-auto-launch",
-               "--disable-api-nodes", "--database-url", "sqlite:///:memory:", "--base-directory", str(base_dir),
-               *map(str, extra_args)]
+    accelerator = accelerator_of(python) if device == "auto" else None
+    command = server_command(python, port, base_dir, accelerator, extra_args)
     log_path = base_dir / "server.log"
     log_file = open(log_path, "ab")
     log_file.write(f"$ {' '.join(command)}\n".encode())
@@ -352,6 +390,7 @@ def start_server(comfy_root, base_dir, port: int | None = None, extra_env: dict 
     process = subprocess.Popen(command, cwd=comfy_root, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
                                stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(process, port, base_dir, log_path, log_file)
+    server.device = accelerator or "cpu"
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -371,6 +410,33 @@ def start_server(comfy_root, base_dir, port: int | None = None, extra_env: dict 
     except BaseException:
         server.stop()
         raise
+
+
+class LogFollower:
+    """Echoes what a server writes to its log while a prompt runs: model loads, the sampler's progress bar.
+
+    A progress bar redraws one line with carriage returns, so of each unfinished line only its latest state
+    is shown, at most every `interval` seconds; finished lines are shown as they are."""
+
+    def __init__(self, server: Server, out=None, interval: float = 5.0, prefix: str = "  comfyui| "):
+        self.server, self.out, self.interval, self.prefix = server, out or sys.stderr, interval, prefix
+        self.offset = len(server.log_text())
+        self.partial_shown, self.last_partial = "", 0.0
+
+    def __call__(self) -> None:
+        text = self.server.log_text()
+        new, complete = text[self.offset:], text[self.offset:].rfind("\n")
+        for line in new[:complete + 1].split("\n")[:-1]:  # not splitlines(): it splits at the bar's \r too
+            state = line.rsplit("\r", 1)[-1].strip()
+            if state and state != self.partial_shown:
+                print(self.prefix + state, file=self.out, flush=True)
+            self.partial_shown = ""
+        self.offset += complete + 1
+        partial = new[complete + 1:].rsplit("\r", 1)[-1].strip()
+        now = time.monotonic()
+        if partial and partial != self.partial_shown and now - self.last_partial >= self.interval:
+            print(self.prefix + partial, file=self.out, flush=True)
+            self.partial_shown, self.last_partial = partial, now
 
 
 # ---- graphs ----
@@ -494,6 +560,11 @@ def write_tiny_files(models_dir: Path, python=None, repo_root: Path = REPO_ROOT)
 
 # ---- command line ----
 
+TINY_TIMEOUT = 600.0
+# Real weights: loading FLUX.1-dev bf16 + T5 from disk (several minutes on a slow disk or with offloading)
+# plus 25 steps at 1024 px (about 1 min on a recent 24 GB GPU, several with --lowvram offloading).
+REAL_TIMEOUT = 3600.0
+
 def comfy_host():
     """tests/comfy_host.py (where the ComfyUI host is: find_comfyui, host_python), loaded by path."""
     return load_module("refcustom_comfy_host", REPO_ROOT / "tests" / "comfy_host.py", register=False)
@@ -537,10 +608,19 @@ def run_workflow_cli(args) -> int:
                           file=sys.stderr)
         if args.tiny:
             write_tiny_files(base_dir / "models", python=python)
-        server = start_server(comfy_root, base_dir, extra_env=extra_env, python=python)
-        print(f"ComfyUI {comfy_root} on {server.url}, base directory {base_dir}", file=sys.stderr)
+        device = args.device or ("cpu" if args.tiny else "auto")
+        print(f"starting ComfyUI {comfy_root} ({'CPU' if device == 'cpu' else 'its own device choice'}) ...",
+              file=sys.stderr, flush=True)
+        server = start_server(comfy_root, base_dir, extra_env=extra_env, python=python, device=device,
+                              timeout=args.start_timeout)
+        timeout = args.timeout or (TINY_TIMEOUT if args.tiny else REAL_TIMEOUT)
+        print(f"ComfyUI on {server.url} ({server.device}), base directory {base_dir}; running {workflow_path} "
+              f"(timeout {timeout:.0f} s)", file=sys.stderr, flush=True)
+        if server.device == "cpu" and not args.tiny:
+            print("warning: no GPU: FLUX.1-dev on the CPU takes hours per image (use --timeout to wait)",
+                  file=sys.stderr)
         try:
-            entry = server.run(graph, timeout=args.timeout)
+            entry = server.run(graph, timeout=timeout, on_poll=None if args.quiet else LogFollower(server))
         except (PromptRejected, PromptFailed) as exc:
             print(f"error: {exc}", file=sys.stderr)
             if isinstance(exc, PromptFailed) and exc.traceback:
@@ -575,7 +655,15 @@ def main(argv=None) -> int:
     run.add_argument("--models", help="models folder for a real run (default: <comfyui>/models)")
     run.add_argument("--shrink", action="store_true",
                      help="smoke-test size: latents at most 128 px a side, 2 steps, ref_res at most 128")
-    run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the prompt (default 600)")
+    run.add_argument("--device", choices=("auto", "cpu"),
+                     help="auto: ComfyUI's own device choice (the GPU when there is one); cpu: --cpu. "
+                          "Default: auto for real weights, cpu with --tiny")
+    run.add_argument("--timeout", type=float,
+                     help=f"seconds to wait for the prompt (default {REAL_TIMEOUT:.0f} for real weights: the first run "
+                          f"reads ~33 GB of FLUX.1-dev files; {TINY_TIMEOUT:.0f} with --tiny)")
+    run.add_argument("--start-timeout", type=float, default=300.0,
+                     help="seconds to wait for ComfyUI to start answering (default 300)")
+    run.add_argument("--quiet", action="store_true", help="do not echo the server's log (progress) while it runs")
     run.add_argument("--keep", action="store_true", help="keep the temporary base directory (server.log)")
     args = parser.parse_args(argv)
     return run_workflow_cli(args)

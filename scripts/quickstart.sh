@@ -3,7 +3,7 @@
 # single-subject DreamO workflow, headless. Offline default: tiny random-weight models and tiny
 # DreamO files in the official formats, so it runs anywhere and writes a PNG to out/.
 #   bash scripts/quickstart.sh                     # offline, tiny models
-#   bash scripts/quickstart.sh --real-weights      # downloads FLUX.1-dev + DreamO (needs internet, HF login)
+#   bash scripts/quickstart.sh --real-weights      # fetches the workflow's weights (internet, HF login), runs on the GPU
 #   WORKFLOW=workflows/api/dreamo_multi_reference.json bash scripts/quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,9 @@ HOST="$(bash scripts/setup_host.sh --require | tail -n 1)"
 PY="$HOST/.venv/bin/python"
 [ -x "$PY" ] || PY="$(command -v python3)"
 if [ "$REAL" = 1 ]; then
-  "$PY" scripts/fetch_weights.py --models "$HOST/models"
+  # The files this workflow names (scripts/weights_table.py), straight into the host's models folder.
+  "$PY" scripts/fetch_weights.py --models "$HOST/models" --workflow "$(basename "$WORKFLOW" .json)"
+  # ComfyUI's own device choice (the GPU when there is one), up to an hour, the server's progress echoed.
   "$PY" scripts/headless.py run "$WORKFLOW" --comfyui "$HOST" --out out
 else
   "$PY" scripts/headless.py run "$WORKFLOW" --comfyui "$HOST" --out out --tiny

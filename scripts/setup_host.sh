@@ -12,7 +12,11 @@
 #    requirements.txt, then this pack's requirements.txt, pytest, transformers and sentencepiece.
 # 3. Install this pack's requirements into that venv if `import diffusers, peft, safetensors, einops,
 #    kornia, cv2, accelerate` fails (and pytest + pytest-randomly if missing), keeping the venv's torch as it is.
-# 3b. Install the tier-2 test tools (websocket-client, playwright) and, as root with apt-get, Debian's chromium.
+# 3a. Install this checkout into that venv as the package `refcustom` (`pip install --no-deps -e`, so
+#    `<host>/.venv/bin/python -m refcustom.train` works from any folder) unless `import refcustom` already
+#    finds this checkout there.
+# 3b. Install the tier-2 test tools (websocket-client, playwright, comfy-cli) and, as root with apt-get,
+#    Debian's chromium.
 # 4. Link this repository as <host>/custom_nodes/refcustom unless a link to it is already there.
 # Progress goes to stderr; the last line on stdout is the host's path.
 set -euo pipefail
@@ -28,7 +32,7 @@ while [ $# -gt 0 ]; do
     --require) REQUIRE=1 ;;
     --archive) ARCHIVE="${2:?--archive needs a path}"; shift ;;
     --archive=*) ARCHIVE="${1#--archive=}" ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     *) echo "setup_host.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -104,10 +108,13 @@ if [ ! -x "$PY" ]; then
   say "creating $HOST/.venv (about 2 minutes, 6.5 GB: torch 2.14.1 is a CUDA build that also runs on the CPU)"
   "$PY3" -m venv "$HOST/.venv"
   "$PY" -m pip install -q --upgrade pip
+  say "  1/3 torch 2.14.1 + torchvision 0.29.1 + torchaudio 2.11.0 (the largest part)"
   "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
   "$PY" -m pip install -q torchaudio==2.11.0
   PINS="$(pin_torch)"
+  say "  2/3 ComfyUI's requirements.txt"
   "$PY" -m pip install -q -c "$PINS" -r "$HOST/requirements.txt" requests pytest
+  say "  3/3 refcustom's requirements.txt and the test tools"
   if [ -f "$REPO/requirements.txt" ]; then
     "$PY" -m pip install -q -c "$PINS" -r "$REPO/requirements.txt"
   fi
@@ -132,6 +139,29 @@ if ! "$PY" -c "import pytest, pytest_randomly" >/dev/null 2>&1; then
   rm -f "$PINS"
 fi
 
+# ---- 3a. this checkout as the package `refcustom` in the host's Python ----
+# The repository root is the package (pyproject: package-dir refcustom = "."). An editable install maps the
+# name to this folder, so training runs with ComfyUI's Python from anywhere, and edits need no reinstall.
+# --no-deps: the requirements are installed above and the venv's torch must not move. Without build
+# isolation first (offline hosts: the venv's own setuptools), then with it (fetches setuptools>=69).
+refcustom_here() {
+  (cd / && "$PY" - "$REPO" <<'EOF'
+import importlib.util, os, sys
+spec = importlib.util.find_spec("refcustom")
+places = list(spec.submodule_search_locations or []) if spec else []
+sys.exit(0 if any(os.path.realpath(p) == os.path.realpath(sys.argv[1]) for p in places) else 1)
+EOF
+  ) >/dev/null 2>&1
+}
+if ! refcustom_here; then
+  say "installing this checkout into $HOST/.venv as the package refcustom (pip install --no-deps -e $REPO)"
+  if ! { "$PY" -m pip install -q --no-deps --no-build-isolation -e "$REPO" >/dev/null 2>&1 \
+         || "$PY" -m pip install -q --no-deps -e "$REPO"; } || ! refcustom_here; then
+    say "could not install this checkout: \`$PY -m refcustom.train\` will not find the package. Run:"
+    say "  $PY -m pip install --no-deps -e $REPO"
+  fi
+fi
+
 # ---- 3b. tier-2 test tools: the headless API example's client and the browser test's driver ----
 # websocket-client: scripts/api_example.py follows progress over ComfyUI's WebSocket (as ComfyUI's own
 # script_examples do). playwright: the Python driver (its wheel carries the driver, not a browser; the
@@ -139,6 +169,14 @@ fi
 if ! "$PY" -c "import websocket, playwright" >/dev/null 2>&1; then
   PINS="$(pin_torch)"
   "$PY" -m pip install -q -c "$PINS" websocket-client playwright || say "could not install websocket-client/playwright"
+  rm -f "$PINS"
+fi
+# comfy-cli: tests/server/test_packaging.py runs `comfy node validate` and `comfy node pack` (the registry's
+# own packer) and lists the package. Pinned to the minor version whose packing rules the test was written
+# against (git-tracked files minus .comfyignore).
+if ! "$PY" -c "import comfy_cli" >/dev/null 2>&1; then
+  PINS="$(pin_torch)"
+  "$PY" -m pip install -q -c "$PINS" "comfy-cli~=1.23.0" || say "could not install comfy-cli (the packaging test will fail)"
   rm -f "$PINS"
 fi
 # Chromium for the browser test (tests/server/test_browser_canvas.py skips with a reason without it).

@@ -14,6 +14,7 @@ AlignGen: see `export_aligngen` (our own layout; there is no official one).
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -79,5 +80,22 @@ def export_trained(method, config, path: Path, base_model: str, created: str) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    # safetensors (0.8) creates its file with mode 0600. An export is a model file to share like any other:
+    # it gets what a plain open() would give it under the current umask (0644 under 022).
+    os.chmod(tmp, 0o666 & ~current_umask())
     tmp.replace(path)
     return path
+
+
+def current_umask() -> int:
+    """The process umask, read from /proc where it is listed (os.umask can only read it by setting it)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

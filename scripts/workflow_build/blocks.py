@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import weights_table  # scripts/weights_table.py: scripts/ is sys.path[0] (build_workflows.py is run as a command)
+
 from .graph import Graph, Node, Out
 
-# Official file names (shared/notes/dreamo-reference.md sections 1 and 6; scripts/fetch_weights.py).
+# Official file names (shared/notes/dreamo-reference.md sections 1 and 6; scripts/weights_table.py).
 FLUX_UNET = "flux1-dev.safetensors"
 T5 = "t5xxl_fp16.safetensors"
 CLIP_L = "clip_l.safetensors"
@@ -25,41 +27,37 @@ LOADER_COLOR = ("#322", "#533")
 POSITIVE_COLOR = ("#232", "#353")
 NEGATIVE_COLOR = ("#322", "#533")
 
-MODEL_LINKS = {
-    FLUX_UNET: ("https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors", "diffusion_models"),
-    T5: ("https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors", "text_encoders"),
-    CLIP_L: ("https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors", "text_encoders"),
-    FLUX_VAE: ("https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors",
-               "vae"),
-    REDUX: ("https://huggingface.co/black-forest-labs/FLUX.1-Redux-dev/resolve/main/flux1-redux-dev.safetensors",
-            "style_models"),
-    SIGCLIP: ("https://huggingface.co/Comfy-Org/sigclip_vision_384/resolve/main/sigclip_vision_patch14_384.safetensors",
-              "clip_vision"),
+# The UI workflows' "models" lists (the frontend's missing-model check and download links): the table's sources.
+MODEL_LINKS = {w.name: (w.url, w.folder) for w in weights_table.WEIGHTS if w.url}
+# Said once per repository in the files note.
+REPO_TIPS = {
+    "black-forest-labs/FLUX.1-dev": "fp8 or GGUF FLUX.1-dev work too.",
+    "ByteDance/DreamO": "Keep the v1.1/ subfolder (models/dreamo/v1.1/...); models/loras/ is searched too.",
 }
 
-NOTE_FILES = f"""Files (download into ComfyUI/models/):
 
-diffusion_models/{FLUX_UNET}
-  FLUX.1-dev (black-forest-labs/FLUX.1-dev, gated: accept the licence first). fp8 or GGUF FLUX.1-dev work too.
-text_encoders/{T5}  and  text_encoders/{CLIP_L}
-  comfyanonymous/flux_text_encoders
-vae/{FLUX_VAE}
-  from black-forest-labs/FLUX.1-dev
-dreamo/{DREAMO}
-dreamo/{CFG_DISTILL}
-dreamo/{SFT}
-dreamo/{DPO}
-  from ByteDance/DreamO; keep the v1.1/ subfolder (models/dreamo/v1.1/...).
-  (models/loras/ is searched too.)
-{{turbo}}
-Or let the pack fetch them:
-  python custom_nodes/refcustom/scripts/fetch_weights.py --models models
+def files_note(entries) -> str:
+    """The files part of a workflow's note: each file's place under models/ and approximate size, grouped
+    by source repository (renamed files and gated licences said), then the fetcher's command."""
+    by_repo: dict[str | None, list] = {}
+    for w in entries:
+        by_repo.setdefault(w.repo, []).append(w)
+    lines = ["Files (into ComfyUI/models/; sizes approximate):"]
+    for repo, files in by_repo.items():
+        lines += [f"{w.relpath}  {w.size_label}" for w in files]
+        if repo is None:
+            lines.append(f"  no public weights: train them ({weights_table.TRAIN_ALIGNGEN}).")
+            continue
+        renamed = "".join(f", file {w.path} saved as {w.name}" for w in files if w.path != w.name)
+        gated = (f", gated: accept the licence at {files[0].page} and log in (hf auth login) first"
+                 if files[0].gated else "")
+        lines.append(f"  from {repo}{renamed}{gated}. {REPO_TIPS.get(repo, '')}".rstrip())
+    lines += ["", "Or let the pack fetch them with ComfyUI's Python (resumes; --dry-run lists sizes):",
+              "  python custom_nodes/refcustom/scripts/fetch_weights.py --workflow <this workflow's file name>"]
+    return "\n".join(lines)
 
-Reference images: copy custom_nodes/refcustom/workflows/inputs/* into ComfyUI/input/, or load your own.
-"""
-TURBO_NOTE = f"""loras/{TURBO}
-  alimama-creative/FLUX.1-Turbo-Alpha, file diffusion_pytorch_model.safetensors, renamed.
-"""
+
+REFERENCE_IMAGES = "Reference images: copy custom_nodes/refcustom/workflows/inputs/* into ComfyUI/input/, or load your own."
 
 
 def flux_loaders(g: Graph, unet_name: str = FLUX_UNET, title: str = "Load FLUX.1-dev") -> tuple[Node, Node, Node]:
@@ -118,7 +116,9 @@ def text(g: Graph, base: dict[str, Node], prompt: str) -> Out:
 
 
 def note(body: str, turbo: bool = False) -> str:
-    return body.strip() + "\n\n" + NOTE_FILES.replace("{turbo}", TURBO_NOTE if turbo else "")
+    """A DreamO workflow's note: its text, then the files dreamo_ip (or dreamo_turbo) needs."""
+    files = weights_table.for_workflows(["dreamo_turbo" if turbo else "dreamo_ip"])
+    return body.strip() + "\n\n" + files_note(files) + "\n\n" + REFERENCE_IMAGES + "\n"
 
 
 def custom_sampler_tail(g: Graph, model: Out, vae: Out, guider: Out, steps: int) -> None:

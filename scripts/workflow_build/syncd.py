@@ -56,7 +56,9 @@ def wf_consistent_batch() -> Graph:
         "background); the first step shares everything. The mask here is a centred box where the subject should "
         "stand, the same for all 4 images (built from core mask nodes and repeated to the batch); a segmentation "
         "mask per image works better when you have one (any pixel size, one per image, in batch order).\n"
-        "Experimental (issue 5): masks estimated from the prompt's cross-attention and reference mode come later.\n\n"
+        "No mask? Leave `mask` unconnected and give clip, the prompt and the subject's words (subject_words): the mask is then "
+        "estimated every step from the prompt's cross-attention. To borrow from a reference image instead, see "
+        "syncd_reference. Experimental.\n\n"
         f"Files: diffusion_models/{FLUX_UNET}, text_encoders/{T5}, text_encoders/{CLIP_L}, vae/{FLUX_VAE}."
     )
     g = Graph("syncd_consistent_batch", "SynCD Masked Shared Attention: a consistent batch of 4", intro)
@@ -83,7 +85,7 @@ def wf_shared_reference() -> Graph:
         "the reference's tokens (all of them in the first step, then the reference_mask's foreground; without a "
         "mask, the whole reference). Connect a subject mask of the reference (1 = object) to borrow only the "
         "object. Works on plain FLUX as here, and on a DreamO-patched MODEL.\n"
-        "Experimental (issue 5).\n\n"
+        "Experimental.\n\n"
         f"Files: diffusion_models/{FLUX_UNET}, text_encoders/{T5}, text_encoders/{CLIP_L}, vae/{FLUX_VAE}. "
         "Input image: copy custom_nodes/refcustom/workflows/inputs/* into ComfyUI/input/."
     )

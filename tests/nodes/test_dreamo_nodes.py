@@ -14,6 +14,7 @@ from refcustom.nodes.dreamo_patch import DREAMO_COND_KEY
 from refcustom.nodes.dreamo_reference import DreamOReferenceNode
 from refcustom.nodes.true_cfg_guider import TrueCFGGuiderNode
 from refcustom.tests.fixtures.dreamo_files import tiny_embedding_tables
+from refcustom.tests.nodes.core_nodes import run_core_node
 from refcustom.tests.nodes.dreamo_loading import load_dreamo
 
 pytestmark = pytest.mark.tier2
@@ -86,6 +87,34 @@ def test_kontext_method_on_the_same_conditioning_is_refused(tiny_clip, tiny_vae,
                           "reference_latents_method": "offset"}]]
     with pytest.raises(ValueError, match="'offset' layout"):
         add_reference(cond, tiny_vae, image)
+
+
+def kontext_reference(conditioning, vae, image):
+    """Core ReferenceLatent, as a Flux Kontext graph adds its input image (no layout method: Kontext's 'offset')."""
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+
+    (out,) = run_core_node(ReferenceLatent, conditioning=conditioning, latent={"samples": vae.encode(image)})
+    return out
+
+
+def test_a_kontext_reference_before_dreamo_is_refused_at_the_node(tiny_clip, tiny_vae, image):
+    cond = kontext_reference(encode(tiny_clip, "a toy from [ref#1]"), tiny_vae, image)
+    assert "reference_latents_method" not in cond[0][1]  # core's own default: the Kontext layout
+    with pytest.raises(ValueError, match="from a core ReferenceLatent node .*Give that image to DreamO instead"):
+        add_reference(cond, tiny_vae, image)
+
+
+def test_a_kontext_reference_after_dreamo_fails_sampling_with_the_fix(tiny_flux, models_dir, tiny_clip, tiny_vae,
+                                                                        image):
+    patched, _ = load_dreamo(tiny_flux)
+    with_dreamo, _ = add_reference(encode(tiny_clip, "a toy from [ref#1]"), tiny_vae, image)
+    mixed = kontext_reference(with_dreamo, tiny_vae, image)
+    assert mixed[0][1]["reference_latents_method"] == "uxo"  # core kept DreamO's method: the silent change
+    with pytest.raises(ValueError, match=r"reference latent\(s\) that no DreamO Reference node added \(slots \[1\]"):
+        sample(patched, mixed, encode(tiny_clip, ""))
+    # The fix the message names: the same image as a second DreamO reference samples.
+    fixed, _ = add_reference(with_dreamo, tiny_vae, image)
+    assert torch.isfinite(sample(patched, fixed, encode(tiny_clip, ""))).all()
 
 
 # ---- loader errors ----

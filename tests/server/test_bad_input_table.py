@@ -116,6 +116,27 @@ def repeated_reference(class_type: str, amount: int, name="image") -> Callable[[
     return edit
 
 
+def kontext_reference_latent(after: bool) -> Callable[[dict], None]:
+    """A core ReferenceLatent (what a Flux Kontext graph adds) on the DreamO reference's conditioning: on its
+    output (after) or on its input (before), with the same image VAE-encoded."""
+    def edit(graph):
+        reference = node_of(graph, "RefCustom_DreamOReference")
+        inputs = graph[reference]["inputs"]
+        graph["kontext_latent"] = {"class_type": "VAEEncode", "inputs": {"pixels": inputs["image"], "vae": inputs["vae"]}}
+        if after:
+            consumers = [(k, name) for k, v in graph.items() for name, link in v["inputs"].items()
+                         if link == [reference, 0]]
+            graph["kontext"] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": [reference, 0],
+                                                                             "latent": ["kontext_latent", 0]}}
+            for k, name in consumers:
+                graph[k]["inputs"][name] = ["kontext", 0]
+        else:
+            graph["kontext"] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": inputs["conditioning"],
+                                                                             "latent": ["kontext_latent", 0]}}
+            inputs["conditioning"] = ["kontext", 0]
+    return edit
+
+
 # Bad weight files the `bad_files` fixture writes into the server's model folders.
 BAD_SHAPE_LORA = "refcustom_bad_shape_lora.safetensors"
 NAN_DREAMO = "refcustom_nan_dreamo.safetensors"
@@ -186,6 +207,12 @@ CASES = [
                  set_input(BRANCHES, "prompt", ["other_prompt", 0])),
              BRANCHES, ("the `prompt` input is not the text this conditioning was built from",
                         "Wire the text encode node at the start of the chain")),
+    BadInput("dreamo_kontext_reference_latent_after_the_reference", "dreamo_ip", kontext_reference_latent(after=True),
+             "KSampler", ("reference latent(s) that no DreamO Reference node added",
+                          "Give the image to a DreamO Reference node instead")),
+    BadInput("dreamo_kontext_reference_latent_before_the_reference", "dreamo_ip", kontext_reference_latent(after=False),
+             REFERENCE, ("from a core ReferenceLatent node (FLUX Kontext's layout)",
+                         "Give that image to DreamO instead of ReferenceLatent")),
     BadInput("dreamo_kontext_layout_after_the_reference", "dreamo_normalized_guidance",
              lambda g: (g.update(kontext_method={"class_type": "FluxKontextMultiReferenceLatentMethod", "inputs": {
                  "conditioning": g[node_of(g, "FluxGuidance")]["inputs"]["conditioning"],
