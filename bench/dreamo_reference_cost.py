@@ -23,7 +23,7 @@ import os
 import statistics
 import time
 
-from random_flux import build_dreamo_flux, import_host, preset_arguments
+from random_flux import build_dreamo_flux, fit_token_cost, import_host, preset_arguments
 
 
 def main() -> None:
@@ -93,13 +93,7 @@ def main() -> None:
     # Least-squares fit of t(S) = a S + b S^2 through the plain runs (the k = 0 run included).
     points = [(tokens(0), median["k0"])] + [
         (cfg["text"] + (latent // 2) * (w // 2), median[f"w{w}"]) for w in calibration]
-    s1 = sum(s * s for s, _ in points)
-    s2 = sum(s ** 3 for s, _ in points)
-    s3 = sum(s ** 4 for s, _ in points)
-    r1 = sum(s * m for s, m in points)
-    r2 = sum(s * s * m for s, m in points)
-    det = s1 * s3 - s2 * s2
-    a, b = (r1 * s3 - r2 * s2) / det, (s1 * r2 - s2 * r1) / det
+    a, b = fit_token_cost(points)
 
     def fitted_cost(s: int) -> float:
         return a * s + b * s * s

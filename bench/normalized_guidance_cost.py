@@ -11,11 +11,10 @@ guiders are timed interleaved in one run. Both evaluate the three branches throu
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import time
 
-from random_flux import build_random_flux, import_host, preset_arguments
+from random_flux import build_random_flux, import_host, preset_arguments, syncd_guiders
 
 
 def main() -> None:
@@ -26,30 +25,11 @@ def main() -> None:
     package = import_host()
     import comfy.samplers
     import torch
-    from comfy_extras.nodes_custom_sampler import Guider_DualCFG
 
-    guidance = importlib.import_module(f"{package.__name__}.nodes.normalized_guidance")
-    scales = importlib.import_module(f"{package.__name__}.model.guidance")
     patcher, device, dtype = build_random_flux(cfg)
-
+    guiders = syncd_guiders(package, patcher, cfg)
     g = torch.Generator().manual_seed(0)
-    latent, ref_latent = cfg["image"] // 8, cfg["ref"] // 8
-    reference = torch.randn(1, 16, ref_latent, ref_latent, generator=g)
-
-    def cond(text_seed: int, with_reference: bool):
-        gen = torch.Generator().manual_seed(text_seed)
-        extra = {"pooled_output": torch.randn(1, 768, generator=gen), "guidance": 3.5}
-        if with_reference:
-            extra.update({"reference_latents": [reference], "reference_latents_method": "uxo"})
-        return [[torch.randn(1, cfg["text"], 4096, generator=gen), extra]]
-
-    positive, image_only, negative = cond(1, True), cond(2, True), cond(2, False)
-    dual = Guider_DualCFG(patcher)
-    dual.set_conds(positive, image_only, negative)
-    dual.set_cfg(2.0, 1.5, nested=False)  # cfg1 (text) on positive vs middle, cfg2 (image) on middle vs negative
-    ours = guidance.NormalizedGuidanceGuider(patcher)
-    ours.set_conds(positive, image_only, negative)
-    ours.set_scales(scales.GuidanceScales(text=2.0, image_start=1.5, image_increase=1.0), normalize=True)
+    latent = cfg["image"] // 8
 
     noise = torch.randn(1, 16, latent, latent, generator=g)
     sigmas = torch.linspace(1.0, 0.0, args.steps + 1)
@@ -63,7 +43,6 @@ def main() -> None:
         assert torch.isfinite(out).all()
         return (time.perf_counter() - start) / args.steps
 
-    guiders = {"DualCFGGuider": dual, "NormalizedGuidanceGuider": ours}
     for guider in guiders.values():  # warm-up (loads the model)
         run(guider)
     times = {name: [] for name in guiders}

@@ -7,8 +7,11 @@ image tokens* of every other image j != i; never to another image's text or back
 *text* queries attend only to image i's own tokens. A row always sees its own tokens, so no row is
 ever masked everywhere (no NaN).
 
-`masked_shared_attention` gathers, per image, the keys and values it may see and runs ordinary
-scaled-dot-product attention: memory grows with the foreground size, not with (N L)^2.
+`SharedAttentionPlan` works out, once per forward pass, which keys each image may see; every block then
+gathers them in one indexing op and runs ordinary attention (in the ComfyUI patch: the kernel ComfyUI is
+configured with), one call per borrowing image plus one for all text queries: memory grows with the
+foreground size, not with (N L)^2, and no block syncs with the host. `masked_shared_attention` is one
+plan used once.
 `dense_shared_attention` is the paper's literal definition (one sequence of N L tokens, -inf bias
 outside the allowed set); it exists as the test reference and the benchmark's baseline.
 
@@ -18,7 +21,10 @@ tokens in raster order. Tensors are [B, H, L, D] (batch, heads, tokens, head dim
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import kornia
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,30 +39,84 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_tokens:
         )
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The default attention of `SharedAttentionPlan.attend`: PyTorch's SDPA on [B, H, L, D]."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+@dataclass(frozen=True)
+class SharedAttentionPlan:
+    """Which keys every image's queries see, worked out once per forward pass and used by every block.
+
+    Image queries of a borrower see its own L tokens plus the lent image tokens of every other image:
+    their rows in the group's keys are the index pair (key_batch, key_token), all borrowers
+    concatenated (`lengths` keys each), so a block gathers them in one indexing op with no host sync.
+    Non-borrowers (`loners`, the references of reference mode) attend to their own tokens only.
+    """
+
+    text_tokens: int
+    borrowers: tuple[int, ...]
+    lengths: tuple[int, ...]
+    key_batch: torch.Tensor  # long [sum(lengths)], on the model's device
+    key_token: torch.Tensor
+    loners: torch.Tensor  # long [B - len(borrowers)]
+
+    @classmethod
+    def build(cls, foreground: torch.Tensor, text_tokens: int, length: int, borrowers=None,
+              device: torch.device | str = "cpu") -> SharedAttentionPlan:
+        """foreground: bool [B, N] (token t of image j is lent when True; N <= length - text_tokens, the noise
+        tokens; tokens after them are never lent). borrowers: bool [B] (default all). The indices are worked
+        out on the host in NumPy (one copy of the foreground there, the pass's only sync) and moved to
+        `device` in one copy each."""
+        lent = foreground.detach().to("cpu", torch.bool).numpy()
+        batch = lent.shape[0]
+        borrows = np.ones(batch, dtype=bool) if borrowers is None else np.asarray(
+            borrowers.cpu() if isinstance(borrowers, torch.Tensor) else borrowers, dtype=bool)
+        lender, token = np.nonzero(lent)
+        key_batch, key_token, lengths = [], [], []
+        for i in np.flatnonzero(borrows):
+            others = lender != i
+            key_batch += [np.full(length, i), lender[others]]
+            key_token += [np.arange(length), token[others] + text_tokens]
+            lengths.append(length + int(others.sum()))
+
+        def on_device(parts):
+            return torch.from_numpy(np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)).to(device)
+
+        return cls(text_tokens=text_tokens, borrowers=tuple(int(i) for i in np.flatnonzero(borrows)),
+                   lengths=tuple(lengths), key_batch=on_device(key_batch), key_token=on_device(key_token),
+                   loners=on_device([np.flatnonzero(~borrows)]))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention=sdpa) -> torch.Tensor:
+        """MSA of one group [B, H, L, D] through `attention(q, k, v) -> [b, H, Lq, D]`, which may get fewer
+        queries than keys: ComfyUI's configured kernel (sage, flash, xformers, PyTorch) in the patch."""
+        text = self.text_tokens
+        out = torch.empty_like(q)
+        if text:  # text queries see their own image's tokens only: one call for the whole group
+            out[:, :, :text] = attention(q[:, :, :text], k, v)
+        if self.borrowers:
+            # [H, K, D]: every borrower's keys in one gather, then a view per borrower.
+            keys = k.transpose(0, 1)[:, self.key_batch, self.key_token]
+            values = v.transpose(0, 1)[:, self.key_batch, self.key_token]
+            for i, own_keys, own_values in zip(self.borrowers, keys.split(self.lengths, dim=1),
+                                               values.split(self.lengths, dim=1), strict=True):
+                out[i:i + 1, :, text:] = attention(q[i:i + 1, :, text:], own_keys.unsqueeze(0), own_values.unsqueeze(0))
+        if self.loners.numel():
+            out[self.loners, :, text:] = attention(q[self.loners, :, text:], k[self.loners], v[self.loners])
+        return out
+
+
 def masked_shared_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_tokens: int, foreground: torch.Tensor,
-    borrowers: torch.Tensor | None = None,
+    borrowers: torch.Tensor | None = None, attention=sdpa,
 ) -> torch.Tensor:
     """Gathered MSA. foreground: bool [B, image tokens], True where image j lends its token.
     borrowers: bool [B], whose image queries look at the others' foreground (default all); a
-    non-borrower (a reference image in reference mode) attends to its own tokens only."""
+    non-borrower (a reference image in reference mode) attends to its own tokens only.
+    One call = one plan; the ComfyUI patch keeps its plan for the whole forward pass."""
     check_inputs(q, k, v, text_tokens, foreground)
-    batch = q.shape[0]
-    borrowers = torch.ones(batch, dtype=torch.bool) if borrowers is None else borrowers.cpu().bool()
-    foreground = foreground.to(device=q.device, dtype=torch.bool)
-    image_k, image_v = k[:, :, text_tokens:], v[:, :, text_tokens:]
-    shared_k = [image_k[j][:, foreground[j]] for j in range(batch)]  # [H, F_j, D]
-    shared_v = [image_v[j][:, foreground[j]] for j in range(batch)]
-    out = torch.empty_like(q)
-    for i in range(batch):
-        others = [j for j in range(batch) if j != i] if borrowers[i] else []
-        keys = torch.cat([k[i]] + [shared_k[j] for j in others], dim=1)
-        values = torch.cat([v[i]] + [shared_v[j] for j in others], dim=1)
-        # Image queries see own tokens + the others' foreground; text queries see own tokens only.
-        out[i, :, text_tokens:] = F.scaled_dot_product_attention(q[i, :, text_tokens:], keys, values)
-        if text_tokens:
-            out[i, :, :text_tokens] = F.scaled_dot_product_attention(q[i, :, :text_tokens], k[i], v[i])
-    return out
+    plan = SharedAttentionPlan.build(foreground, text_tokens, q.shape[2], borrowers, device=q.device)
+    return plan.attend(q, k, v, attention)
 
 
 def shared_attention_bias(text_tokens: int, foreground: torch.Tensor, dtype=torch.float32,
@@ -111,50 +171,63 @@ def foreground_tokens(mask: torch.Tensor, grid: tuple[int, int], dilation: int =
     return tokens.reshape(mask.shape[0], -1)
 
 
-def otsu_threshold(values: torch.Tensor, bins: int = 10) -> torch.Tensor:
-    """Otsu's threshold of a 1-D tensor over a `bins`-bin histogram (SynCD uses 10 bins).
-
-    Returns the upper edge of the bin that maximises between-class variance; values above it are
-    foreground. A constant input returns its value (nothing above it).
-    """
-    values = values.flatten().float()
-    low, high = values.min(), values.max()
-    if float(high - low) <= 0:
-        return high
-    hist = torch.histc(values, bins=bins, min=float(low), max=float(high))
-    edges = torch.linspace(float(low), float(high), bins + 1, device=values.device)
-    centers = (edges[:-1] + edges[1:]) / 2
-    weight_below = torch.cumsum(hist, 0)
-    weight_above = hist.sum() - weight_below
-    mass_below = torch.cumsum(hist * centers, 0)
+def otsu_thresholds(values: torch.Tensor, bins: int = 10) -> torch.Tensor:
+    """Otsu's threshold of each row of [B, N] over a `bins`-bin histogram between the row's min and max
+    (SynCD uses 10 bins): the upper edge of the bin that maximises the between-class variance, [B, 1].
+    On the values' device with no host sync (no histc, whose range must be Python numbers). A constant
+    row gets its value: nothing lies above it."""
+    values = values.float()
+    low, high = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)
+    span = high - low
+    # histc's rule: bin floor((v - low) * bins / span), the maximum in the last bin.
+    index = ((values - low) * bins / span.clamp_min(torch.finfo(torch.float32).tiny)).floor().clamp_(0, bins - 1)
+    hist = torch.zeros(values.shape[0], bins, device=values.device).scatter_add_(1, index.long(),
+                                                                                 torch.ones_like(values))
+    edges = low + span * torch.linspace(0, 1, bins + 1, device=values.device)
+    centers = (edges[:, :-1] + edges[:, 1:]) / 2
+    weight_below = torch.cumsum(hist, 1)
+    weight_above = hist.sum(1, keepdim=True) - weight_below
+    mass_below = torch.cumsum(hist * centers, 1)
     mean_below = mass_below / weight_below.clamp_min(1e-12)
-    mean_above = (mass_below[-1] - mass_below) / weight_above.clamp_min(1e-12)
+    mean_above = (mass_below[:, -1:] - mass_below) / weight_above.clamp_min(1e-12)
     between = weight_below * weight_above * (mean_below - mean_above) ** 2
-    return edges[1:][int(torch.argmax(between[:-1]))] if bins > 1 else high
+    if bins == 1:
+        return high
+    best = torch.argmax(between[:, :-1], dim=1, keepdim=True)  # the first maximum, as a Python loop finds
+    return torch.where(span > 0, edges[:, 1:].gather(1, best), high)
+
+
+def otsu_threshold(values: torch.Tensor, bins: int = 10) -> torch.Tensor:
+    """Otsu's threshold of a 1-D tensor (see `otsu_thresholds`), as a 0-dim tensor."""
+    return otsu_thresholds(values.flatten().unsqueeze(0), bins)[0, 0]
 
 
 def foreground_from_attention(
     attention: torch.Tensor, grid: tuple[int, int], bins: int = 10, dilation: int = 3
 ) -> torch.Tensor:
     """Per-image attention maps [B, h*w] (e.g. image tokens' attention to the object's words) ->
-    bool foreground [B, h*w]: Otsu threshold per image, then a `dilation` square dilation."""
-    masks = []
-    for a in attention:
-        masks.append((a > otsu_threshold(a, bins)).float().reshape(grid))
-    stacked = torch.stack(masks)
+    bool foreground [B, h*w]: Otsu threshold per image, then a `dilation` square dilation. Batched, on the
+    maps' device, no host sync."""
+    above = (attention.float() > otsu_thresholds(attention, bins)).float().reshape(-1, 1, *grid)
     if dilation > 1:
-        kernel = torch.ones(dilation, dilation, device=stacked.device)
-        stacked = kornia.morphology.dilation(stacked.unsqueeze(1), kernel).squeeze(1)
-    return (stacked > 0.5).reshape(attention.shape[0], -1)
+        kernel = torch.ones(dilation, dilation, device=attention.device)
+        above = kornia.morphology.dilation(above, kernel)
+    return (above > 0.5).reshape(attention.shape[0], -1)
 
 
-def word_attention_map(image_queries: torch.Tensor, text_keys: torch.Tensor, word_tokens: list[int]) -> torch.Tensor:
-    """How much each image token attends to the subject's words: [H, N, D] queries, [H, T, D] text keys ->
-    [N], the softmax over text keys (a cross-attention map, as in SynCD's UNet) averaged over heads and
-    words. One head at a time, so memory stays at N x T."""
-    total = image_queries.new_zeros(image_queries.shape[1], dtype=torch.float32)
-    scale = image_queries.shape[-1] ** -0.5
-    for head in range(image_queries.shape[0]):
-        logits = (image_queries[head].float() @ text_keys[head].float().T) * scale
-        total += logits.softmax(dim=-1)[:, word_tokens].mean(dim=-1)
-    return total / image_queries.shape[0]
+def word_attention_maps(image_queries: torch.Tensor, text_keys: torch.Tensor, word_tokens: torch.Tensor) -> torch.Tensor:
+    """How much each image token attends to the subject's words: [B, H, N, D] queries, [B, H, T, D] text keys,
+    long [W] word positions -> float32 [B, N], the softmax over the text keys (a cross-attention map, as
+    in SynCD's UNet) averaged over heads and words. All heads and images in one matmul in the model's
+    dtype; the softmax's normaliser is summed in float32 and only the word columns are taken out of it."""
+    logits = image_queries @ text_keys.transpose(-1, -2) * image_queries.shape[-1] ** -0.5  # [B, H, N, T]
+    peak = logits.amax(dim=-1, keepdim=True)
+    normaliser = (logits - peak).exp().sum(dim=-1, keepdim=True, dtype=torch.float32)
+    words = logits.index_select(-1, word_tokens.to(logits.device))
+    return ((words.float() - peak.float()).exp() / normaliser).mean(dim=(1, 3))
+
+
+def word_attention_map(image_queries: torch.Tensor, text_keys: torch.Tensor, word_tokens) -> torch.Tensor:
+    """One image's map: [H, N, D] queries, [H, T, D] text keys -> [N] (see `word_attention_maps`)."""
+    words = torch.as_tensor(list(word_tokens), dtype=torch.long)
+    return word_attention_maps(image_queries.unsqueeze(0), text_keys.unsqueeze(0), words)[0]

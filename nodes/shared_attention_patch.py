@@ -23,14 +23,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..model.reference_preprocess import resize_area
 from ..model.shared_attention import (
+    SharedAttentionPlan,
     foreground_from_attention,
     foreground_tokens,
     masked_shared_attention,
-    word_attention_map,
+    word_attention_maps,
 )
 
 SHARED_ATTENTION_KEY = "refcustom_shared_attention"
@@ -124,8 +126,8 @@ class SharedAttentionSettings:
 
     def foreground(self, batch: int, grid: tuple[int, int]) -> torch.Tensor:
         self.check_count(batch)
-        tokens = foreground_tokens(self.masks, grid, self.dilation)
-        empty = [i for i in range(batch) if not bool(tokens[i].any())]
+        tokens = foreground_tokens(self.masks, grid, self.dilation)  # on the host, as the masks are
+        empty = np.flatnonzero(~tokens.numpy().any(axis=1)).tolist()
         if empty:
             logging.warning("refcustom: Masked Shared Attention: the masks of images %s are empty; they share nothing", empty)
         return tokens
@@ -161,11 +163,16 @@ class CanvasOffsetPatch:
 
 
 class SharedAttentionOverride:
-    """Attention override: the shared kernel inside shared chunks, the original attention elsewhere.
+    """Attention override: masked shared attention inside shared chunks, the original attention elsewhere.
+
+    One exists per forward pass, so what every block needs is worked out once and kept here: the plan of
+    which keys each image sees (`SharedAttentionPlan`, on the model's device). Shared chunks call the
+    attention ComfyUI hands the override (the configured kernel, through any earlier override), with
+    fewer queries than keys where an image borrows.
 
     With `foreground` None the pass estimates it (SynCD's deformable-object path): the double blocks run
     unshared while each adds its image-to-word attention map; the single blocks then share the Otsu
-    foreground of the average. The estimate lives on this object, which exists for one pass only.
+    foreground of the average.
     """
 
     def __init__(self, foreground: torch.Tensor | None, text_tokens: int, shared_chunks: tuple[bool, ...], kernel,
@@ -178,9 +185,11 @@ class SharedAttentionOverride:
         self.previous = previous
         self.batch = foreground.shape[0] if foreground is not None else batch
         self.grid = grid
-        self.word_tokens = list(word_tokens)
+        self.word_tokens = tuple(word_tokens)
+        self.word_index = None  # the word positions on the model's device, made at the first double block
         self.word_maps = None
         self.maps_added = 0
+        self.plan = None  # made at the first shared block of the pass
         # ComfyUI names the block kind in transformer_options["block_type"] from v0.4; older hosts do not, and
         # there the first `double_blocks` attention calls of a pass are the double blocks (FLUX's order).
         self.double_blocks = double_blocks
@@ -193,17 +202,34 @@ class SharedAttentionOverride:
         return "double" if self.calls <= self.double_blocks else "single"
 
     def _add_word_maps(self, q, k):
-        noise = self.grid[0] * self.grid[1]
-        text = self.text_tokens
+        if self.word_index is None:
+            self.word_index = torch.tensor(self.word_tokens, dtype=torch.long).to(q.device)
+        text, noise = self.text_tokens, self.grid[0] * self.grid[1]
         chunk = self.shared_chunks.index(True)
-        part = range(chunk * self.batch, (chunk + 1) * self.batch)
-        maps = torch.stack([word_attention_map(q[i, :, text:text + noise], k[i, :, :text], self.word_tokens)
-                            for i in part])
+        part = slice(chunk * self.batch, (chunk + 1) * self.batch)
+        maps = word_attention_maps(q[part, :, text:text + noise], k[part, :, :text], self.word_index)
         self.word_maps = maps if self.word_maps is None else self.word_maps + maps
         self.maps_added += 1
 
     def _original(self, func, *args, **kwargs):
         return self.previous(func, *args, **kwargs) if self.previous is not None else func(*args, **kwargs)
+
+    def _group_attention(self, func, heads, args, kwargs):
+        """attention(q, k, v) for one group: ComfyUI's configured kernel, through any earlier override."""
+        def attention(q, k, v):
+            return self._original(func, q, k, v, heads, *args, mask=None, skip_reshape=True, skip_output_reshape=True,
+                                  **kwargs)
+        return attention
+
+    def _shared(self, q, k, v, attention) -> torch.Tensor:
+        if self.kernel is not masked_shared_attention:  # another kernel (the dense definition: tests, benchmarks)
+            padding = q.shape[2] - self.text_tokens - self.foreground.shape[1]
+            foreground = torch.nn.functional.pad(self.foreground, (0, padding), value=False).to(q.device)
+            return self.kernel(q, k, v, self.text_tokens, foreground)
+        if self.plan is None:
+            # Noise tokens only: tokens FLUX appends after them (DreamO, Kontext references) never lend.
+            self.plan = SharedAttentionPlan.build(self.foreground, self.text_tokens, q.shape[2], device=q.device)
+        return self.plan.attend(q, k, v, attention)
 
     def __call__(self, func, q, k, v, heads, *args, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
         if not skip_reshape:  # FLUX always passes [B, H, L, D]; anything else is not ours to share
@@ -222,20 +248,13 @@ class SharedAttentionOverride:
                 return self._original(func, q, k, v, heads, *args, mask=mask, skip_reshape=skip_reshape,
                                       skip_output_reshape=skip_output_reshape, **kwargs)
             self.foreground = foreground_from_attention(self.word_maps / self.maps_added, self.grid)
+        attention = self._group_attention(func, heads, args, kwargs)
         batch = self.batch
-        image_tokens = q.shape[2] - self.text_tokens
-        # Reference tokens after the noise tokens (DreamO, Kontext) are never shared.
-        padding = image_tokens - self.foreground.shape[1]
-        foreground = torch.nn.functional.pad(self.foreground, (0, padding), value=False).to(q.device)
-        outputs = []
+        out = torch.empty_like(q)
         for chunk, shared in enumerate(self.shared_chunks):
             part = slice(chunk * batch, (chunk + 1) * batch)
-            if shared:
-                outputs.append(self.kernel(q[part], k[part], v[part], self.text_tokens, foreground))
-            else:
-                outputs.append(self._original(func, q[part], k[part], v[part], heads, *args, mask=None,
-                                              skip_reshape=True, skip_output_reshape=True, **kwargs))
-        out = torch.cat(outputs, dim=0)
+            out[part] = self._shared(q[part], k[part], v[part], attention) if shared else attention(q[part], k[part],
+                                                                                                    v[part])
         if skip_output_reshape:
             return out
         b, h, length, d = out.shape
@@ -280,7 +299,7 @@ class SharedAttentionWrapper:
                     f"the subject words sit at T5 positions up to {max(self.settings.word_tokens)} but this prompt has "
                     f"{context.shape[1]} tokens: the prompt given to Masked Shared Attention is not the one sampled."
                 )
-        if foreground is not None and not bool(foreground.any()):
+        if foreground is not None and not foreground.numpy().any():  # host tensors: no device sync
             return plain()
 
         patches = dict(transformer_options.get("patches", {}))
@@ -313,7 +332,7 @@ class SharedAttentionWrapper:
             lent = torch.ones(count, grid[0] * grid[1], dtype=torch.bool)
         else:
             lent = foreground_tokens(settings.reference_masks, grid, settings.dilation)
-        if not bool(lent.any()):
+        if not lent.numpy().any():
             return plain()
 
         sigma = float(sigmas.max())
@@ -357,12 +376,14 @@ class SharedAttentionWrapper:
 
 class ReferenceAttentionOverride(SharedAttentionOverride):
     """Rows `rows` (targets first, then references) form one group: targets borrow the references' lent
-    tokens, references attend to themselves; every other row runs the original attention."""
+    tokens, references attend to themselves; every other row runs the original attention. The group's
+    plan and row indices are made at the first block of the pass, on the model's device."""
 
     def __init__(self, rows: list[int], targets: int, lent: torch.Tensor, text_tokens: int, kernel, previous=None):
         super().__init__(lent, text_tokens, (), kernel, previous=previous)
         self.rows = rows
         self.targets = targets
+        self.indices = None  # (group rows, other rows) as device tensors
 
     def __call__(self, func, q, k, v, heads, *args, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
         if not skip_reshape:
@@ -370,18 +391,28 @@ class ReferenceAttentionOverride(SharedAttentionOverride):
                                   skip_output_reshape=skip_output_reshape, **kwargs)
         if mask is not None:
             raise ValueError("Masked Shared Attention cannot combine with an attention mask on the same model.")
-        image_tokens = q.shape[2] - self.text_tokens
-        lent = torch.nn.functional.pad(self.foreground, (0, image_tokens - self.foreground.shape[1]), value=False)
-        foreground = torch.cat([torch.zeros(self.targets, image_tokens, dtype=torch.bool), lent]).to(q.device)
-        borrowers = torch.tensor([True] * self.targets + [False] * lent.shape[0])
+        if self.indices is None:
+            others = [r for r in range(q.shape[0]) if r not in set(self.rows)]
+            self.indices = (torch.tensor(self.rows, dtype=torch.long).to(q.device),
+                            torch.tensor(others, dtype=torch.long).to(q.device) if others else None)
+            # Targets lend nothing; references lend their mask; only targets borrow.
+            self.foreground = torch.cat([torch.zeros(self.targets, self.foreground.shape[1], dtype=torch.bool),
+                                         self.foreground.cpu().bool()])
+            self.borrowers = torch.tensor([True] * self.targets + [False] * (len(self.rows) - self.targets))
+        group, rest = self.indices
+        attention = self._group_attention(func, heads, args, kwargs)
         out = torch.empty_like(q)
-        group = torch.tensor(self.rows, device=q.device)
-        out[group] = self.kernel(q[group], k[group], v[group], self.text_tokens, foreground, borrowers)
-        others = [r for r in range(q.shape[0]) if r not in set(self.rows)]
-        if others:
-            rest = torch.tensor(others, device=q.device)
-            out[rest] = self._original(func, q[rest], k[rest], v[rest], heads, *args, mask=None, skip_reshape=True,
-                                       skip_output_reshape=True, **kwargs)
+        if self.kernel is not masked_shared_attention:  # the dense definition (tests, benchmarks)
+            padding = q.shape[2] - self.text_tokens - self.foreground.shape[1]
+            foreground = torch.nn.functional.pad(self.foreground, (0, padding), value=False).to(q.device)
+            out[group] = self.kernel(q[group], k[group], v[group], self.text_tokens, foreground, self.borrowers)
+        else:
+            if self.plan is None:
+                self.plan = SharedAttentionPlan.build(self.foreground, self.text_tokens, q.shape[2], self.borrowers,
+                                                      device=q.device)
+            out[group] = self.plan.attend(q[group], k[group], v[group], attention)
+        if rest is not None:
+            out[rest] = attention(q[rest], k[rest], v[rest])
         if skip_output_reshape:
             return out
         b, h, length, d = out.shape

@@ -105,6 +105,46 @@ def test_otsu_matches_numpy(seed):
     assert 0.3 < ours < 0.7
 
 
+def test_batched_otsu_matches_numpy_per_row_and_leaves_constant_rows_empty():
+    from refcustom.model.shared_attention import otsu_thresholds
+
+    rng = np.random.default_rng(7)
+    rows = [np.concatenate([rng.normal(0.2, 0.05, 300), rng.normal(0.8, 0.05, 100)]),
+            rng.gamma(2.0, 1.0, 400), np.full(400, 0.3)]
+    values = torch.from_numpy(np.stack(rows).astype(np.float32))
+    ours = otsu_thresholds(values, bins=10)[:, 0]
+    for row, threshold in zip(rows[:2], ours[:2], strict=True):
+        assert float(threshold) == pytest.approx(numpy_otsu(row.astype(np.float32), 10), abs=1e-5)
+    assert float(ours[2]) == pytest.approx(0.3) and not (values[2] > ours[2]).any()
+
+
+def test_batched_word_maps_equal_the_softmax_definition_in_float64():
+    from refcustom.model.shared_attention import word_attention_maps
+
+    g = torch.Generator().manual_seed(4)
+    q, k = torch.randn(3, 2, 10, 8, generator=g), torch.randn(3, 2, 6, 8, generator=g)
+    ours = word_attention_maps(q, k, torch.tensor([1, 4]))
+    probabilities = torch.softmax(torch.einsum("bhnd,bhtd->bhnt", q.double(), k.double()) / 8 ** 0.5, dim=-1)
+    torch.testing.assert_close(ours.double(), probabilities[..., [1, 4]].mean(dim=(1, 3)), rtol=1e-5, atol=1e-6)
+    assert ours.dtype == torch.float32
+    # bf16 inputs (a GPU model's dtype) stay within bf16's precision of the definition
+    low = word_attention_maps(q.bfloat16(), k.bfloat16(), torch.tensor([1, 4]))
+    torch.testing.assert_close(low.double(), probabilities[..., [1, 4]].mean(dim=(1, 3)), rtol=3e-2, atol=3e-3)
+
+
+def test_a_plan_gathers_own_tokens_and_the_others_lent_tokens():
+    """The plan's key rows for image i, against a list written from the definition."""
+    from refcustom.model.shared_attention import SharedAttentionPlan
+
+    foreground = torch.tensor([[True, False, True], [False, False, False], [False, True, False]])
+    plan = SharedAttentionPlan.build(foreground, text_tokens=2, length=5, borrowers=[True, True, False])
+    rows = list(zip(plan.key_batch.tolist(), plan.key_token.tolist(), strict=True))
+    first, second = rows[:plan.lengths[0]], rows[plan.lengths[0]:]
+    assert first == [(0, t) for t in range(5)] + [(2, 3)]                   # own 5 + image 2's token 1 (2 + 1)
+    assert second == [(1, t) for t in range(5)] + [(0, 2), (0, 4), (2, 3)]  # own 5 + image 0's 0, 2 + image 2's 1
+    assert plan.borrowers == (0, 1) and plan.loners.tolist() == [2]
+
+
 def test_attention_maps_to_foreground():
     attention = torch.full((2, 16), 0.1)
     attention[0, 5] = 0.9

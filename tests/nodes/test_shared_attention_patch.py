@@ -160,23 +160,54 @@ def test_works_with_dreamo_references_which_are_never_shared(tiny_flux, tiny_cli
     assert not torch.allclose(gathered, run(dreamo))
 
 
-def test_chains_an_earlier_attention_override(tiny_flux, tiny_clip):
-    """Branches it does not share (the negative, by default) go through the override installed before it."""
+def test_every_chunk_runs_through_comfyuis_attention_and_earlier_overrides(tiny_flux, tiny_clip):
+    """A user's kernel choice (or another pack's override installed before ours) applies to the shared chunk
+    too: its text queries in one call, each image's queries over its own + borrowed keys in one call each."""
     calls = []
 
-    def earlier(func, *args, **kwargs):
-        calls.append(args[0].shape[0])
-        return func(*args, **kwargs)
+    def earlier(func, q, k, v, heads, *args, **kwargs):
+        calls.append((q.shape[0], q.shape[2], k.shape[2]))
+        return func(q, k, v, heads, *args, **kwargs)
 
     model = tiny_flux.clone()
     model.model_options["transformer_options"]["optimized_attention_override"] = earlier
-    plain = sample(model, tiny_clip, cfg=2.0)
-    assert calls and all(n == 2 * BATCH for n in calls)  # cond and uncond batched in one call
+    plain = sample(model, tiny_clip, cfg=2.0, steps=1)
+    length = calls[0][1]
+    assert calls and all(c == (2 * BATCH, length, length) for c in calls)  # cond and uncond batched in one call
+    blocks = len(calls)
     calls.clear()
-    shared = sample(patch(model, masks(), full_shared_steps=1), tiny_clip, cfg=2.0)
-    # now the shared cond chunk runs our kernel and only the unshared uncond chunk reaches the earlier override
-    assert calls and all(n == BATCH for n in calls), calls
+    m = masks()
+    shared = sample(patch(model, m, full_shared_steps=0), tiny_clip, cfg=2.0, steps=1)
+    text = length - GRID[0] * GRID[1]
+    lent = token_mask(m, GRID).sum(dim=1).tolist()  # the oracle's token masks (OpenCV), dilation 1
+    borrowed = [length + sum(lent) - lent[i] for i in range(BATCH)]
+    per_block = [(BATCH, length, length),                                   # the unshared uncond chunk
+                 (BATCH, text, length)]                                      # shared chunk: text queries, own keys
+    per_block += [(1, length - text, borrowed[i]) for i in range(BATCH)]    # image queries, own + borrowed keys
+    assert sorted(calls) == sorted(per_block * blocks)
     assert torch.isfinite(shared).all() and not torch.allclose(plain, shared)
+
+
+def test_a_custom_attention_function_changes_the_shared_chunk(tiny_flux, tiny_clip):
+    """The override is really used for the shared chunk's output, not only called: an attention function
+    that scales its output changes the shared result exactly as it changes the oracle's."""
+    def halved(func, *args, **kwargs):
+        return func(*args, **kwargs) * 0.5
+
+    model = tiny_flux.clone()
+    model.model_options["transformer_options"]["optimized_attention_override"] = halved
+    ours = sample(patch(model, masks(), full_shared_steps=0), tiny_clip, steps=2)
+    assert not torch.allclose(ours, sample(patch(tiny_flux, masks(), full_shared_steps=0), tiny_clip, steps=2))
+
+    def halved_oracle(model):  # the oracle computes attention itself; halve its output the same way
+        oracle = MaskedSharedAttentionOracle(GRID, token_mask(masks(), GRID))
+        patched = oracle.install(model)
+        definition = patched.model_options["transformer_options"]["optimized_attention_override"]
+        patched.model_options["transformer_options"]["optimized_attention_override"] = (
+            lambda *args, **kwargs: definition(*args, **kwargs) * 0.5)
+        return patched
+
+    torch.testing.assert_close(ours, sample(halved_oracle(tiny_flux), tiny_clip, steps=2), rtol=1e-5, atol=1e-5)
 
 
 def test_without_a_mask_the_subject_words_attention_drives_sharing(tiny_flux, tiny_clip):
