@@ -18,7 +18,6 @@ the torch build, the embedded workflows must not drift). tests/server/test_workf
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import runpy
 import shutil
@@ -54,17 +53,15 @@ def png_chunks(path: Path) -> dict[str, object]:
 
 
 def with_workflow(png: bytes, name: str) -> bytes:
-    """`png` re-saved with ComfyUI SaveImage's chunks: prompt = API graph, workflow = UI graph (json.dumps)."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
+    """`png` carrying SaveImage's chunks for workflow `name`: prompt = its API graph, workflow = its UI graph
+    (scripts/headless.py's png_with_workflow, which the quick start's images go through too)."""
+    chunks = expected_chunks(name)
+    return _headless().png_with_workflow(png, chunks["prompt"], chunks["workflow"])
 
-    chunks, info = expected_chunks(name), PngInfo()
-    for key in ("prompt", "workflow"):  # SaveImage's order
-        info.add_text(key, json.dumps(chunks[key]))
-    out = io.BytesIO()
-    with Image.open(io.BytesIO(png)) as image:
-        image.save(out, format="PNG", pnginfo=info, compress_level=9)
-    return out.getvalue()
+
+def _headless():
+    """scripts/headless.py, loaded once (the server tests load it under the same name)."""
+    return sys.modules.get("refcustom_headless") or _load("refcustom_headless", REPO / "scripts" / "headless.py")
 
 
 def _shown(path: Path) -> str:
@@ -86,7 +83,7 @@ def stale(names: list[str]) -> list[str]:
 
 
 def build(names: list[str], comfyui: Path | None) -> None:
-    headless = _load("refcustom_headless", REPO / "scripts" / "headless.py")
+    headless = _headless()
     host = _load("refcustom_comfy_host", REPO / "tests" / "comfy_host.py")
     comfy_root = comfyui or host.find_comfyui()
     if comfy_root is None:

@@ -5,7 +5,8 @@ that does the work, one module per job (its __init__ lists them). From it this s
 
 - workflows/api/<name>.json   API format, for /prompt and scripts/headless.py;
 - workflows/<name>.json       UI (litegraph) format, which ComfyUI's template browser lists and the
-                              frontend loads (only top-level *.json there is listed, so api/ stays out);
+                              frontend loads (only top-level *.json there is listed, so api/ stays out):
+                              titled groups in a 2D layout, a Markdown read-me, a view that fits;
 - workflows/<name>.jpg        the template browser's thumbnail (it asks for <name>.jpg next to the JSON);
 - workflows/inputs/*.png      small procedural reference images the LoadImage nodes name.
 
@@ -18,7 +19,7 @@ the host's Python:
     ... --object-info oi.json   # use a saved /object_info instead of starting a server
     ... --save-object-info oi.json
 
-Output is deterministic (sorted keys, fixed ids, fixed layout), so regenerating gives no diff.
+Output is deterministic (sorted keys, fixed ids, computed layout), so regenerating gives no diff.
 """
 
 from __future__ import annotations

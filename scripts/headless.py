@@ -26,7 +26,10 @@ As a command:
     python scripts/headless.py run workflows/api/x.json --out out/ [--tiny] [--comfyui PATH]
 
 runs one API-format workflow on a fresh server (temporary base directory) and writes its output images
-to --out. Without --tiny the server's models/ is the host's models folder (or --models). --tiny registers
+to --out. Each PNG carries the workflow file as given, not the graph that ran after --tiny/--shrink: its
+`prompt` chunk is the file, its `workflow` chunk the shipped UI twin when there is one (workflows/<name>.json
+for workflows/api/<name>.json), so dropping it on a normal ComfyUI gives back the real workflow. Without --tiny
+the server's models/ is the host's models folder (or --models). --tiny registers
 the fixture nodes, substitutes the loaders and writes the tiny official DreamO files
 (tests/fixtures/dreamo_files.py) into a fresh models/ folder instead; --shrink makes the graph
 smoke-test sized. workflows/inputs/ is copied into the server's input/ folder either way.
@@ -48,6 +51,7 @@ import runpy
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -56,6 +60,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zlib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -445,6 +450,62 @@ def is_ui_workflow(data) -> bool:
     return isinstance(data, dict) and isinstance(data.get("nodes"), list)
 
 
+FRONTEND_ONLY_NODES = ("Note", "MarkdownNote")  # UI nodes that never reach the API graph
+
+
+def shipped_ui_twin(api_path: Path, api_graph: dict) -> dict | None:
+    """The UI workflow shipped with an API one (workflows/api/<name>.json -> workflows/<name>.json), when its
+    nodes are the API graph's (same ids and types, notes aside); else None."""
+    candidate = Path(api_path).parent.parent / Path(api_path).name
+    if Path(api_path).parent.name != "api" or not candidate.is_file():
+        return None
+    ui = json.loads(candidate.read_text())
+    if not is_ui_workflow(ui):
+        return None
+    ui_nodes = {str(n.get("id")): n.get("type") for n in ui["nodes"] if n.get("type") not in FRONTEND_ONLY_NODES}
+    return ui if ui_nodes == {k: v.get("class_type") for k, v in api_graph.items()} else None
+
+
+# ---- PNG metadata: the workflow an image carries ----
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+WORKFLOW_CHUNKS = ("prompt", "workflow")  # ComfyUI SaveImage's text chunks: API graph, UI graph
+
+
+def _png_chunks(png: bytes):
+    """(type, data, raw bytes) of every chunk."""
+    if not png.startswith(PNG_SIGNATURE):
+        raise ValueError("not a PNG file")
+    at = len(PNG_SIGNATURE)
+    while at < len(png):
+        (length,) = struct.unpack(">I", png[at:at + 4])
+        kind = png[at + 4:at + 8]
+        yield kind, png[at + 8:at + 8 + length], png[at:at + 12 + length]
+        at += 12 + length
+
+
+def _text_keyword(kind: bytes, data: bytes) -> str | None:
+    return data.split(b"\0", 1)[0].decode("latin-1") if kind in (b"tEXt", b"iTXt", b"zTXt") else None
+
+
+def png_with_workflow(png: bytes, prompt: dict, workflow: dict | None) -> bytes:
+    """`png` carrying `prompt` (API graph) and `workflow` (UI graph; None: no such chunk) as ComfyUI's SaveImage
+    writes them (tEXt chunks of json.dumps, prompt first), in place of any it carried; pixels and other chunks
+    are kept byte for byte. Dropped on the canvas, the image gives back `workflow` (or, without it, `prompt`)."""
+    texts = [("prompt", prompt)] + ([("workflow", workflow)] if workflow is not None else [])
+    out = [PNG_SIGNATURE]
+    for kind, data, raw in _png_chunks(png):
+        if _text_keyword(kind, data) in WORKFLOW_CHUNKS:
+            continue
+        out.append(raw)
+        if kind == b"IHDR":
+            for key, value in texts:
+                body = key.encode("latin-1") + b"\0" + json.dumps(value).encode("latin-1")
+                out.append(struct.pack(">I", len(body)) + b"tEXt" + body
+                           + struct.pack(">I", zlib.crc32(b"tEXt" + body) & 0xFFFFFFFF))
+    return b"".join(out)
+
+
 def _links(graph: dict):
     """(node_id, input_name, source_id, output_index) for every link of an API graph."""
     for node_id, node in graph.items():
@@ -582,6 +643,9 @@ def run_workflow_cli(args) -> int:
     if is_ui_workflow(graph):
         print(f"{workflow_path} is a UI-format workflow; export it with 'Export (API)' first", file=sys.stderr)
         return 2
+    # What the images carry: the workflow as given (real loaders, full size) and its shipped UI twin, not the
+    # tiny or shrunk graph that runs, so a picture dropped on a normal ComfyUI gives back the real workflow.
+    carried = (graph, shipped_ui_twin(workflow_path, graph))
     extra_env = {}
     if args.tiny:
         graph = substitute_fixture_loaders(graph)
@@ -629,7 +693,7 @@ def run_workflow_cli(args) -> int:
         records = Server.output_images(entry)
         for record, data in zip(records, server.images(entry), strict=True):
             target = out_dir / record["filename"]
-            target.write_bytes(data)
+            target.write_bytes(png_with_workflow(data, *carried) if data.startswith(PNG_SIGNATURE) else data)
             print(target)
         if not records:
             print("warning: the workflow produced no images", file=sys.stderr)

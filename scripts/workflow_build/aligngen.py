@@ -4,47 +4,38 @@ from __future__ import annotations
 
 from .blocks import (
     ALIGNGEN,
-    CLIP_L,
-    FLUX_UNET,
-    FLUX_VAE,
     LOADER_COLOR,
     POSITIVE_COLOR,
     REDUX,
     SIGCLIP,
-    T5,
     custom_sampler_tail,
     flux_loaders,
     ksampler_tail,
+    read_me,
 )
 from .graph import Graph, Node
-from .syncd import NORMALIZED_SCALES_NOTE
+from .syncd import NORMALIZED_SETTINGS, NORMALIZED_WHAT, SEED_TIP
 
 ALIGNGEN_STEPS = 28  # the paper's sampling steps
 ALIGNGEN_GUIDANCE = 3.5  # FLUX.1-dev's default distilled guidance
 ALIGNGEN_PROMPT = "a photo of an acoustic guitar on a beach at sunset"
 ALIGNGEN_CONCEPT = "acoustic guitar"
 
-ALIGNGEN_NOTE = f"""AlignGen (cross-modality prior alignment) on FLUX.1-dev. Load AlignGen puts the reference-only LoRA on the \
-model and hands S* and the Deviation Extraction Module (DEM) to AlignGen Conditioning, which writes S* before \
-the concept name (the concept field must occur in the prompt: here "{ALIGNGEN_CONCEPT}"), runs the DEM once \
-over the reference's FLUX.1 Redux tokens (StyleModelLoader + CLIPVisionEncode with crop "none", as Redux \
-is used) and appends the reference image's tokens. Only the concept's text tokens may attend to the \
-reference. Use one reference of the concept; a subject MASK (1 = keep) can be connected to whiten the \
-background. The negative prompt is a plain CLIPTextEncode.
-
-Files (ComfyUI/models/):
-diffusion_models/{FLUX_UNET}, text_encoders/{T5}, text_encoders/{CLIP_L}, vae/{FLUX_VAE}
-  FLUX.1-dev (black-forest-labs/FLUX.1-dev, gated) and comfyanonymous/flux_text_encoders.
-aligngen/{ALIGNGEN}
-  There are no public AlignGen weights: train them with this pack's trainer,
-    python -m refcustom.train train --config train/configs/aligngen_flux1_dev.yaml
-  (aligngen mode), and copy the exported aligngen_lora.safetensors here (models/loras/ is searched too).
-style_models/{REDUX}
-  FLUX.1 Redux, black-forest-labs/FLUX.1-Redux-dev (gated: accept the licence first).
-clip_vision/{SIGCLIP}
-  SigLIP so400m patch14 384, Comfy-Org/sigclip_vision_384.
-
-Reference image: copy custom_nodes/refcustom/workflows/inputs/* into ComfyUI/input/, or load your own."""
+ALIGNGEN_WHAT = (
+    "Load AlignGen puts the reference-only LoRA on the model and hands S* and the Deviation Extraction Module (DEM) "
+    "to AlignGen Conditioning, which writes S* before the concept name, runs the DEM once over the reference's "
+    "FLUX.1 Redux tokens (StyleModelLoader + CLIPVisionEncode with crop `none`, as Redux is used) and appends the "
+    "reference image's tokens. Only the concept's text tokens may attend to the reference."
+)
+ALIGNGEN_SETTINGS = [
+    f"`concept` must occur in the prompt, as written there (here \"{ALIGNGEN_CONCEPT}\").",
+    "One reference of the concept; a subject MASK (1 = keep) can be connected to whiten its background.",
+    "The AlignGen file is the one you trained (there are no public AlignGen weights); `lora_strength` 1.0.",
+]
+ALIGNGEN_LOOK = (
+    "An acoustic guitar like the reference (body shape, wood tone, sound hole) on a beach at sunset, as a 1024x1024 "
+    "photo, once you have trained AlignGen weights; how close it stays depends on that training."
+)
 
 
 def aligngen_front(g: Graph) -> dict[str, Node]:
@@ -62,10 +53,13 @@ def aligngen_front(g: Graph) -> dict[str, Node]:
 
 
 def wf_aligngen_single() -> Graph:
-    intro = (f"AlignGen, one concept from one reference. FluxGuidance {ALIGNGEN_GUIDANCE}, KSampler "
-             f"{ALIGNGEN_STEPS} steps (the paper's), euler / simple, cfg 1.\n\n")
+    what = ("**AlignGen (cross-modality prior alignment): one concept from one reference**, on FLUX.1-dev. "
+            + ALIGNGEN_WHAT + " The negative prompt is a plain CLIPTextEncode.")
+    settings = [*ALIGNGEN_SETTINGS,
+                f"FluxGuidance {ALIGNGEN_GUIDANCE}, KSampler {ALIGNGEN_STEPS} steps (the paper's), euler / simple, cfg 1.",
+                SEED_TIP]
     g = Graph("aligngen_single_concept", "AlignGen: one concept from a reference (FLUX.1-dev + Redux)",
-              intro + ALIGNGEN_NOTE)
+              read_me("aligngen_single_concept", what, settings, ALIGNGEN_LOOK))
     front = aligngen_front(g)
     ksampler_tail(g, front, front["conditioning"][0], ALIGNGEN_STEPS, model=front["aligngen"][0],
                   guidance=ALIGNGEN_GUIDANCE)
@@ -73,12 +67,15 @@ def wf_aligngen_single() -> Graph:
 
 
 def wf_aligngen_normalized() -> Graph:
-    intro = (f"AlignGen with SynCD normalized image/text guidance, {ALIGNGEN_STEPS} steps. In the image_only "
-             "branch the prompt is swapped for the neutral one, so no text token is the concept's there (S* and "
-             "the concept name are gone with the prompt); the reference tokens and their LoRA stay.\n"
-             + NORMALIZED_SCALES_NOTE + " Three model passes per step; positive and image_only share one batched "
-             "call (their AlignGen payloads batch row by row), so about 2x the time of aligngen_single_concept.\n\n")
-    g = Graph("aligngen_normalized_guidance", "AlignGen + SynCD normalized image/text guidance", intro + ALIGNGEN_NOTE)
+    what = ("**AlignGen with SynCD normalized image/text guidance.** " + ALIGNGEN_WHAT + " " + NORMALIZED_WHAT
+            + " In the image_only branch the prompt is swapped for the neutral one, so no text token is the "
+            "concept's there (S* and the concept name go with the prompt); the reference tokens and their LoRA stay.")
+    settings = [*ALIGNGEN_SETTINGS, *NORMALIZED_SETTINGS,
+                f"FluxGuidance {ALIGNGEN_GUIDANCE}, {ALIGNGEN_STEPS} steps (the paper's), euler / simple.", SEED_TIP]
+    look = ALIGNGEN_LOOK + (" Next to `aligngen_single_concept`, a higher `image_scale` keeps more of the reference, "
+                            "a higher `text_scale` more of the scene.")
+    g = Graph("aligngen_normalized_guidance", "AlignGen + SynCD normalized image/text guidance",
+              read_me("aligngen_normalized_guidance", what, settings, look))
     front = aligngen_front(g)
     guided = g.add("FluxGuidance", None, None, conditioning=front["conditioning"][0], guidance=ALIGNGEN_GUIDANCE)
     branches = g.add("RefCustom_GuidanceBranches", None, None, positive=guided[0], clip=front["clip"][0],

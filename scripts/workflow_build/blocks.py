@@ -1,4 +1,4 @@
-"""What the workflows share: official file names, colours, the files note, loader fronts and sampler tails."""
+"""What the workflows share: official file names, colours, the read-me note, loader fronts and sampler tails."""
 
 from __future__ import annotations
 
@@ -29,35 +29,50 @@ NEGATIVE_COLOR = ("#322", "#533")
 
 # The UI workflows' "models" lists (the frontend's missing-model check and download links): the table's sources.
 MODEL_LINKS = {w.name: (w.url, w.folder) for w in weights_table.WEIGHTS if w.url}
-# Said once per repository in the files note.
+# Said once per repository in the files list.
 REPO_TIPS = {
     "black-forest-labs/FLUX.1-dev": "fp8 or GGUF FLUX.1-dev work too.",
-    "ByteDance/DreamO": "Keep the v1.1/ subfolder (models/dreamo/v1.1/...); models/loras/ is searched too.",
+    "ByteDance/DreamO": "Keep the `v1.1/` subfolder (`models/dreamo/v1.1/...`); `models/loras/` is searched too.",
+    None: "`models/loras/` is searched too.",
 }
+INPUT_IMAGES = ("**Input images.** The LoadImage nodes name small drawn samples: copy "
+                "`custom_nodes/refcustom/workflows/inputs/*` into `ComfyUI/input/`, or load your own photos.")
 
 
-def files_note(entries) -> str:
-    """The files part of a workflow's note: each file's place under models/ and approximate size, grouped
-    by source repository (renamed files and gated licences said), then the fetcher's command."""
+def files_markdown(workflow: str) -> str:
+    """The model-files part of a workflow's note, read from scripts/weights_table.py (what the fetcher and the
+    loaders' download links read, so they cannot drift): each file's place under models/ and approximate
+    size, grouped by source repository (gated licences and renamed files said), then the fetcher's command."""
     by_repo: dict[str | None, list] = {}
-    for w in entries:
+    for w in weights_table.for_workflows([workflow]):
         by_repo.setdefault(w.repo, []).append(w)
-    lines = ["Files (into ComfyUI/models/; sizes approximate):"]
+    lines = ["**Model files** (into `ComfyUI/models/`; sizes approximate):", ""]
     for repo, files in by_repo.items():
-        lines += [f"{w.relpath}  {w.size_label}" for w in files]
         if repo is None:
-            lines.append(f"  no public weights: train them ({weights_table.TRAIN_ALIGNGEN}).")
-            continue
-        renamed = "".join(f", file {w.path} saved as {w.name}" for w in files if w.path != w.name)
-        gated = (f", gated: accept the licence at {files[0].page} and log in (hf auth login) first"
-                 if files[0].gated else "")
-        lines.append(f"  from {repo}{renamed}{gated}. {REPO_TIPS.get(repo, '')}".rstrip())
-    lines += ["", "Or let the pack fetch them with ComfyUI's Python (resumes; --dry-run lists sizes):",
-              "  python custom_nodes/refcustom/scripts/fetch_weights.py --workflow <this workflow's file name>"]
+            head = f"- no public weights: train them (`{weights_table.TRAIN_ALIGNGEN}`, aligngen mode) and copy the export"
+        else:
+            gated = (", **gated**: accept the licence on that page and log in (`hf auth login`) first"
+                     if files[0].gated else "")
+            head = f"- from [{repo}]({files[0].page}){gated}"
+        tip = REPO_TIPS.get(repo)
+        lines.append(head + (f". {tip}" if tip else ""))
+        for w in files:
+            renamed = f", the repo's `{w.path}` renamed" if w.path and w.path != w.name else ""
+            size = f" {w.size_label}" if w.approx_mb else ""
+            lines.append(f"  - `{w.relpath}`{size}{renamed}")
+    lines += ["", "Or let the pack fetch them with ComfyUI's Python (resumes; `--dry-run` lists sizes):", "",
+              f"```\npython custom_nodes/refcustom/scripts/fetch_weights.py --workflow {workflow}\n```"]
     return "\n".join(lines)
 
 
-REFERENCE_IMAGES = "Reference images: copy custom_nodes/refcustom/workflows/inputs/* into ComfyUI/input/, or load your own."
+def read_me(workflow: str, what: str, settings: list[str], look: str, input_images: bool = True) -> str:
+    """A workflow's read-me note in Markdown (a MarkdownNote, as in the core templates): what it does, the
+    settings that matter, what to expect, then the model files from the weights table."""
+    parts = [what.strip(), "**Settings that matter**", "\n".join(f"- {s}" for s in settings),
+             f"**What to expect.** {look.strip()}", files_markdown(workflow)]
+    if input_images:
+        parts.append(INPUT_IMAGES)
+    return "\n\n".join(parts) + "\n"
 
 
 def flux_loaders(g: Graph, unet_name: str = FLUX_UNET, title: str = "Load FLUX.1-dev") -> tuple[Node, Node, Node]:
@@ -87,10 +102,12 @@ def dreamo_base(g: Graph, turbo: bool = False) -> dict[str, Node]:
 
 
 def add_references(g: Graph, base: dict[str, Node], cond: Out, refs: list[tuple[str, str, str, int]]) -> Out:
-    """Chain DreamO Reference nodes: refs = [(image file, task, title, index)]."""
-    for image, task, title, index in refs:
-        load = g.add("LoadImage", f"{title} image", None, image=image)
-        ref = g.add("RefCustom_DreamOReference", title, None, conditioning=cond, vae=base["vae"][0], image=load[0],
+    """Chain DreamO Reference nodes: refs = [(image file, task, label, index)]; titles '<label> image' and
+    '<label> (<task>)'."""
+    for image, task, label, index in refs:
+        load = g.add("LoadImage", f"{label} image", None, image=image)
+        ref = g.add("RefCustom_DreamOReference", f"{label} ({task})", None, conditioning=cond, vae=base["vae"][0],
+                    image=load[0],
                     task=task, ref_res=512, index=index)
         cond = ref[0]
     return cond
@@ -100,7 +117,7 @@ def ksampler_tail(g: Graph, base: dict[str, Node], positive: Out, steps: int, mo
                   guidance: float = GUIDANCE, batch_size: int = 1) -> None:
     """FluxGuidance (4.5) -> KSampler (cfg 1, empty negative) -> VAEDecode -> SaveImage. model: DreamO's by default."""
     guided = g.add("FluxGuidance", None, None, conditioning=positive, guidance=guidance)
-    negative = g.add("CLIPTextEncode", "Negative (empty; unused at cfg 1)", NEGATIVE_COLOR,
+    negative = g.add("CLIPTextEncode", "Negative (empty; unused at cfg 1)", NEGATIVE_COLOR, role="guidance",
                      text="", clip=base["clip"][0])
     latent = g.add("EmptySD3LatentImage", None, None, width=1024, height=1024, batch_size=batch_size)
     sampler = g.add("KSampler", None, None, model=model or base["dreamo"][0], seed=SEED, steps=steps, cfg=1.0,
@@ -113,12 +130,6 @@ def ksampler_tail(g: Graph, base: dict[str, Node], positive: Out, steps: int, mo
 def text(g: Graph, base: dict[str, Node], prompt: str) -> Out:
     return g.add("RefCustom_DreamOTextEncode", "DreamO prompt", POSITIVE_COLOR,
                  clip=base["clip"][0], dreamo=base["dreamo"][1], text=prompt)[0]
-
-
-def note(body: str, turbo: bool = False) -> str:
-    """A DreamO workflow's note: its text, then the files dreamo_ip (or dreamo_turbo) needs."""
-    files = weights_table.for_workflows(["dreamo_turbo" if turbo else "dreamo_ip"])
-    return body.strip() + "\n\n" + files_note(files) + "\n\n" + REFERENCE_IMAGES + "\n"
 
 
 def custom_sampler_tail(g: Graph, model: Out, vae: Out, guider: Out, steps: int) -> None:

@@ -20,6 +20,13 @@ def is_widget(spec) -> bool:
     return input_type(spec) in WIDGET_TYPES and not input_options(spec).get("forceInput")
 
 
+def has_control_widget(name: str, spec) -> bool:
+    """Whether the frontend adds a 'control after generate' widget after this one: when the spec asks for it, and
+    (frontend 1.35's useIntWidget) for any INT named seed or noise_seed that does not say otherwise."""
+    opts = input_options(spec)
+    return bool(opts.get("control_after_generate", input_type(spec) == "INT" and name in ("seed", "noise_seed")))
+
+
 def combo_options(spec) -> list:
     return spec[0] if isinstance(spec[0], list) else input_options(spec).get("options", [])
 
@@ -43,7 +50,7 @@ class NodeDef:
         """widgets_values as the v0.8.0 frontend (1.35) serializes them.
 
         One value per widget input, in `getOrderedInputSpecs` order (input_order required, then
-        optional); a widget with control_after_generate is followed by its control widget ("fixed").
+        optional); a widget with a control widget (`has_control_widget`) is followed by its value ("fixed").
         An image_upload combo makes the Comfy.UploadImage extension add an `upload` input that is in
         no input_order, so it comes last; its button widget serializes as "image".
         """
@@ -52,7 +59,7 @@ class NodeDef:
             if not is_widget(spec):
                 continue
             values.append(inputs[name])
-            if input_options(spec).get("control_after_generate"):
+            if has_control_widget(name, spec):
                 values.append("fixed")
             upload = upload or (not optional and bool(input_options(spec).get("image_upload")))
         if upload:
@@ -61,9 +68,9 @@ class NodeDef:
 
     def widget_count(self) -> int:
         n, upload = 0, False
-        for _, spec, optional in self.ordered_inputs():
+        for name, spec, optional in self.ordered_inputs():
             if is_widget(spec):
-                n += 1 + bool(input_options(spec).get("control_after_generate"))
+                n += 1 + has_control_widget(name, spec)
                 upload = upload or (not optional and bool(input_options(spec).get("image_upload")))
         return n + upload
 

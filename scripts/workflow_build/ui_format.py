@@ -1,4 +1,5 @@
-"""UI-format (litegraph) graphs: links, execution order, a fixed column layout, widgets_values, the read-me note."""
+"""UI-format (litegraph) graphs: links, execution order, widgets_values, groups, the read-me note and the saved view
+(positions, groups and view from layout.py)."""
 
 from __future__ import annotations
 
@@ -7,56 +8,16 @@ import uuid
 from .api_format import api_graph
 from .blocks import MODEL_LINKS
 from .graph import Graph, Node, Out
-from .node_defs import NodeDef, input_options, input_type, is_widget
-
-
-def layout_columns(g: Graph) -> dict[str, int]:
-    """Column per node, left to right by graph depth, each node as far right as its consumers allow.
-
-    Depth is the longest path from a source; then, consumers first, every node that feeds others moves
-    to just left of its nearest consumer, so loaders, images and prompts sit next to where they are used.
-    """
-    parents = {n.id: [v.node for v in n.inputs.values() if isinstance(v, Out)] for n in g.nodes}
-    children: dict[str, list[str]] = {n.id: [] for n in g.nodes}
-    for nid, ps in parents.items():
-        for p in ps:
-            children[p].append(nid)
-    depth = {n.id: topo_depth(n, g) for n in g.nodes}
-    for nid in sorted(depth, key=lambda k: (-depth[k], int(k))):
-        if children[nid]:
-            depth[nid] = min(depth[c] for c in children[nid]) - 1
-    shift = min(depth.values())
-    return {k: v - shift for k, v in depth.items()}
-
-
-def node_size(d: NodeDef) -> list[int]:
-    """Roughly the size the frontend gives the node: title, slot rows, widget rows."""
-    slots = max(len(d.slot_inputs()), len(d.outputs()))
-    height = 30 + 22 * slots
-    width = 320
-    for _, spec, _ in d.ordered_inputs():
-        if not is_widget(spec):
-            continue
-        opts = input_options(spec)
-        if input_type(spec) == "STRING" and opts.get("multiline"):
-            height += 120
-            width = 400
-        elif opts.get("image_upload"):
-            height += 24 + 24 + 260  # combo, upload button, preview
-        else:
-            height += 24 * (1 + bool(opts.get("control_after_generate")))
-    return [width, height + 10]
-
-
-COLUMN_WIDTH = 460
-NOTE_SIZE = [460, 560]
-ROW_GAP = 40
-TOP = 0
+from .layout import GROUP_FONT_SIZE, GROUPS, hidden_nodes, layout
+from .node_defs import NodeDef
 
 
 def ui_graph(g: Graph, defs: dict[str, NodeDef]) -> dict:
     api = api_graph(g, defs)
-    columns = layout_columns(g)
+    lay = layout(g, defs)
+    hidden = hidden_nodes(lay)
+    if hidden:
+        raise ValueError(f"{g.name}: the saved view leaves nodes {hidden} off the visible canvas or under the minimap")
     # Links in (target node, target slot) order.
     links = []
     slot_index = {}
@@ -77,16 +38,10 @@ def ui_graph(g: Graph, defs: dict[str, NodeDef]) -> dict:
     for i, n in enumerate(ids_by_depth):
         order[n.id] = i
 
-    # Positions: one column per depth, stacked top to bottom in definition order.
-    y_next: dict[int, int] = {}
     nodes_ui = []
     note_id = len(g.nodes) + 1
     for node in g.nodes:
         d = defs[node.class_type]
-        col = columns[node.id]
-        size = node_size(d)
-        y = y_next.get(col, TOP)
-        y_next[col] = y + size[1] + ROW_GAP
         inputs_ui = []
         for i, (name, typ, optional) in enumerate(d.slot_inputs()):
             link = next((lk[0] for lk in links if lk[3] == int(node.id) and lk[4] == i), None)
@@ -103,8 +58,8 @@ def ui_graph(g: Graph, defs: dict[str, NodeDef]) -> dict:
         entry = {
             "id": int(node.id),
             "type": node.class_type,
-            "pos": [col * COLUMN_WIDTH, y],
-            "size": size,
+            "pos": lay.pos[node.id],
+            "size": lay.size[node.id],
             "flags": {},
             "order": order[node.id],
             "mode": 0,
@@ -125,13 +80,16 @@ def ui_graph(g: Graph, defs: dict[str, NodeDef]) -> dict:
             entry["properties"]["models"] = models
         nodes_ui.append(entry)
 
+    # The read-me: a MarkdownNote, as the core templates' notes (frontend-only, never in the API graph).
     nodes_ui.append({
-        "id": note_id, "type": "Note", "pos": [-COLUMN_WIDTH - 40, TOP], "size": NOTE_SIZE,
+        "id": note_id, "type": "MarkdownNote", "pos": lay.note_pos, "size": lay.note_size,
         "flags": {}, "order": len(g.nodes), "mode": 0, "inputs": [], "outputs": [],
-        "title": "Read me: files and settings", "properties": {}, "widgets_values": [g.note],
-        "color": "#432", "bgcolor": "#653",
+        "title": "Read me: what it does, settings, files", "properties": {}, "widgets_values": [g.note],
+        "color": "#432", "bgcolor": "#000",
     })
-    width = (max(columns.values()) + 1) * COLUMN_WIDTH
+    groups = [{"id": i, "title": title, "bounding": [box.x, box.y, box.w, box.h], "color": GROUPS[role].color,
+               "font_size": GROUP_FONT_SIZE, "flags": {}}
+              for i, (role, title, box) in enumerate(lay.groups, start=1)]
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://github.com/refcustom/workflows/{g.name}")),
         "revision": 0,
@@ -139,10 +97,10 @@ def ui_graph(g: Graph, defs: dict[str, NodeDef]) -> dict:
         "last_link_id": len(links),
         "nodes": nodes_ui,
         "links": links,
-        "groups": [],
+        "groups": groups,
         "config": {},
         "extra": {
-            "ds": {"scale": round(1600 / (width + COLUMN_WIDTH + 200), 3), "offset": [COLUMN_WIDTH + 140, 60]},
+            "ds": lay.ds,
             "refcustom": {"description": g.description, "generator": "scripts/build_workflows.py"},
         },
         "version": 0.4,

@@ -48,6 +48,24 @@ _GRAPH = """() => app.graph.nodes.map(n => ({
   has_errors: !!n.has_errors, widgets_values: n.widgets ? n.widgets.map(w => w.value) : [],
 }))"""
 
+# What the user sees of the graph: the canvas panel (right of the sidebar, below the tabs and the Run bar),
+# what floats over it (the minimap, the zoom controls: the panel's small children), the view's scale, and every
+# node's (title included) and group's box, in screen pixels (screen = canvas rect + (canvas + offset) * scale).
+_VIEW = """() => {
+  const panel = document.querySelector('.graph-canvas-panel');
+  const p = panel.getBoundingClientRect();
+  const overlays = Array.from(panel.children).map(e => e.getBoundingClientRect())
+    .filter(r => r.width * r.height > 0 && r.width * r.height < p.width * p.height / 2)
+    .map(r => [r.left, r.top, r.right, r.bottom]);
+  const c = app.canvas.canvas.getBoundingClientRect();
+  const {scale, offset} = app.canvas.ds;
+  const screen = ([x, y, w, h]) => [c.left + (x + offset[0]) * scale, c.top + (y + offset[1]) * scale,
+                                    c.left + (x + w + offset[0]) * scale, c.top + (y + h + offset[1]) * scale];
+  return {scale, offset: [offset[0], offset[1]], visible: [p.left, p.top, p.right, p.bottom], overlays,
+          nodes: app.graph.nodes.map(n => ({id: n.id, type: n.type, title: n.title, box: screen(n.getBounding())})),
+          groups: app.graph.groups.map(g => ({title: g.title, box: screen(g.boundingRect)}))};
+}"""
+
 _VISIBLE_DIALOGS = """() => Array.from(document.querySelectorAll('.p-dialog'))
   .filter(d => d.offsetParent !== null || d.getClientRects().length)
   .map(d => d.innerText.slice(0, 400))"""
@@ -94,6 +112,7 @@ class Canvas:
         self.screenshots = Path(screenshots)
         self.screenshots.mkdir(parents=True, exist_ok=True)
         self.console_errors: list[str] = []
+        self.opened: dict[str, dict] = {}  # what a test module recorded as each workflow opened (its view)
         page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
 
     @classmethod
@@ -166,14 +185,22 @@ class Canvas:
 
     # ---- graph ----
 
-    def drop_file(self, path: Path, mime: str, expected_nodes: int, timeout: float = 30.0):
-        """Drag-and-drop `path` onto the canvas; wait until the graph has `expected_nodes` nodes."""
+    def drop_file(self, path: Path, mime: str, expected_nodes: int, timeout: float = 30.0, fit_view: bool = True):
+        """Drag-and-drop `path` onto the canvas; wait until the graph has `expected_nodes` nodes. fit_view=False
+        keeps the view the file saved (its extra.ds), as a user gets it."""
         data = base64.b64encode(Path(path).read_bytes()).decode()
         self.page.evaluate("() => { app.graph.clear(); }")
         self.page.evaluate(_DROP_FILE, [Path(path).name, mime, data])
         self.page.wait_for_function("(n) => app.graph.nodes.length === n", arg=expected_nodes, timeout=timeout * 1000)
         self.page.wait_for_timeout(500)  # let dialogs that follow a load (missing nodes/models) open
-        self.command("Comfy.Canvas.FitView")
+        if fit_view:
+            self.command("Comfy.Canvas.FitView")
+
+    def view(self) -> dict:
+        """The view as the user sees it: scale, offset, the visible canvas and the overlays on it
+        ([left, top, right, bottom] screen pixels), each node's box (`nodes`: id, type, title, box) and group's
+        (`groups`: title, box)."""
+        return self.page.evaluate(_VIEW)
 
     def graph(self) -> list[dict]:
         return sorted(self.page.evaluate(_GRAPH), key=lambda n: n["id"])

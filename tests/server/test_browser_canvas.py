@@ -1,11 +1,15 @@
 """Tier 2 in the browser: ComfyUI's own frontend in headless Chromium (Playwright), as a user meets the pack.
 
-For every shipped workflow: drop workflows/<name>.json on the canvas, check that every node exists, none
-is red and no dialog (missing nodes, missing models, errors) opened, press Run (the prompt is switched to
-the tiny fixture models on its way to the server, see tests/server/browser.py) and wait until the output
-node shows this run's image; then drop workflows/example_outputs/<name>.png and check the same graph comes
-back and runs. Also: the template browser lists every workflow with its thumbnail and loads one on click, and the
-node library shows the pack under one category with descriptions and input tooltips.
+For every shipped workflow: drop workflows/<name>.json on a freshly opened page as a new user would and keep
+the view it saved: every node (title included) lies inside the visible canvas and off the minimap and zoom
+controls, at a readable scale (at least layout.MIN_SCALE, scripts/workflow_build/layout.py), each node inside a
+titled group and none overlapping another once the frontend has sized them (<name>_opened.png; a core FLUX
+template is opened the same way for comparison, core_<template>_opened.png). Then drop it again, check that
+every node exists, none is red and no dialog (missing nodes, missing models, errors) opened, press Run (the
+prompt is switched to the tiny fixture models on its way to the server, see tests/server/browser.py) and wait
+until the output node shows this run's image; then drop workflows/example_outputs/<name>.png and check the
+same graph comes back and runs. Also: the template browser lists every workflow with its thumbnail and loads
+one on click, and the node library shows the pack under one category with descriptions and input tooltips.
 
 Screenshots go to $REFCUSTOM_TEST_OUTPUT/browser (default: out/test-output/browser in this checkout).
 Skipped, with the reason printed, when Playwright or Chromium is missing.
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from refcustom.scripts.workflow_build.layout import MIN_SCALE
 from refcustom.tests.comfy_host import REPO_ROOT
 
 from .browser import Canvas, find_chromium
@@ -29,6 +34,18 @@ pytestmark = pytest.mark.tier2
 
 SCREENSHOTS = Path(os.environ.get("REFCUSTOM_TEST_OUTPUT", REPO_ROOT / "out" / "test-output")) / "browser"
 FIXTURE_PREFIX = "RefCustomTest_"
+NOTE_TYPES = ("Note", "MarkdownNote")
+# The core template the shipped layouts are compared with (comfyui_workflow_templates_media_image).
+CORE_TEMPLATE = "flux_dev_full_text_to_image"
+
+
+def core_template() -> Path | None:
+    try:
+        import comfyui_workflow_templates_media_image as templates
+    except ImportError:
+        return None
+    path = Path(templates.__file__).parent / "templates" / f"{CORE_TEMPLATE}.json"
+    return path if path.is_file() else None
 
 
 # True when the template card titled `name` shows a loaded thumbnail (the nearest ancestor with an <img>).
@@ -81,6 +98,11 @@ def canvas(comfy_server, headless, tmp_path_factory):
     try:
         with Canvas.open(comfy_server.url, chromium, tmp_path_factory.mktemp("chromium-profile"), SCREENSHOTS,
                          rewrite_prompt=rewrite_prompt) as page:
+            # First, on the fresh page (no run's notices yet), every workflow as it opens.
+            page.opened = {name: open_as_saved(page, WORKFLOWS / f"{name}.json", name) for name in NAMES}
+            core = core_template()
+            if core is not None:
+                page.opened[CORE_TEMPLATE] = open_as_saved(page, core, f"core_{CORE_TEMPLATE}")
             yield page
     finally:
         for path in stand_ins:
@@ -105,6 +127,75 @@ def assert_graph_is_the_workflow(canvas: Canvas, name: str, how: str):
         saved = [v for v in node.get("widgets_values") or [] if v not in ("fixed", "randomize", "increment")]
         values = [v for v in shown["widgets_values"] if v not in ("fixed", "randomize", "increment")]
         assert values[:len(saved)] == saved, f"{name} via {how}: node {node['id']} {node['type']} shows {values}"
+
+
+def overlap(a, b) -> float:
+    """Area shared by two [left, top, right, bottom] boxes."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def inside(box, area, slack: float = 1.0) -> bool:
+    return (box[0] >= area[0] - slack and box[1] >= area[1] - slack and box[2] <= area[2] + slack
+            and box[3] <= area[3] + slack)
+
+
+def open_as_saved(canvas: Canvas, path: Path, shot_name: str) -> dict:
+    """Drop a UI workflow and keep the view it saved; its view (Canvas.view), saved scale and screenshot, or
+    {"error": ...} when it did not load (the tests using it fail; the others run)."""
+    workflow = json.loads(path.read_text())
+    try:
+        canvas.drop_file(path, "application/json", len(workflow["nodes"]), fit_view=False)
+    except Exception as exc:  # noqa: BLE001 - reported by the test that reads this view
+        canvas.close_dialogs()
+        return {"error": f"{path.name} did not load: {exc}"}
+    view = canvas.view()
+    view["saved_scale"] = workflow.get("extra", {}).get("ds", {}).get("scale")
+    view["screenshot"] = canvas.screenshot(f"{shot_name}_opened")
+    canvas.close_dialogs()
+    return view
+
+
+def layout_problems(view: dict) -> list[str]:
+    """What keeps a user from reading the whole graph in the view it opened with."""
+    problems = []
+    if view["scale"] < MIN_SCALE:
+        problems.append(f"scale {view['scale']:.3f} < {MIN_SCALE}: titles and widgets too small to read")
+    for n in view["nodes"]:
+        label = f"node {n['id']} {n['title'] or n['type']} at {[round(v) for v in n['box']]}"
+        if not inside(n["box"], view["visible"]):
+            problems.append(f"{label}: outside the visible canvas {view['visible']}")
+        if any(overlap(n["box"], o) > 1 for o in view["overlays"]):
+            problems.append(f"{label}: under the minimap or the zoom controls {view['overlays']}")
+        if n["type"] not in NOTE_TYPES and not any(inside(n["box"], g["box"]) for g in view["groups"]):
+            problems.append(f"{label}: in no group")
+    for i, a in enumerate(view["nodes"]):
+        for b in view["nodes"][i + 1:]:
+            if overlap(a["box"], b["box"]) > 1:
+                problems.append(f"nodes {a['id']} {a['type']} and {b['id']} {b['type']} overlap")
+    return problems
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_opens_whole_and_readable_in_its_groups(canvas, name):
+    view = canvas.opened[name]
+    assert "error" not in view, view.get("error")
+    print(f"{name}: opens at scale {view['scale']:.3f}, {len(view['groups'])} groups; {view['screenshot']}")
+    assert view["scale"] == pytest.approx(view["saved_scale"]), "the frontend did not restore the saved view"
+    assert len(view["groups"]) >= 4, f"{name}: groups {[g['title'] for g in view['groups']]}"
+    problems = layout_problems(view)
+    assert not problems, f"{name} as it opens ({view['screenshot']}):\n" + "\n".join(problems)
+
+
+def test_a_core_template_opens_the_same_way_for_comparison(canvas):
+    """The yardstick: a core FLUX template opened like the shipped workflows, measured by the same checks."""
+    view = canvas.opened.get(CORE_TEMPLATE)
+    if view is None:
+        pytest.skip(f"no {CORE_TEMPLATE}.json: comfyui_workflow_templates_media_image is not installed")
+    assert "error" not in view, view.get("error")
+    print(f"core template {CORE_TEMPLATE}: opens at scale {view['scale']:.3f}, {len(view['groups'])} groups; "
+          f"{view['screenshot']}; by the same checks: {layout_problems(view) or 'no problems'}")
+    assert view["scale"] == pytest.approx(view["saved_scale"])
+    assert all(overlap(n["box"], view["visible"]) > 0 for n in view["nodes"])  # the measure sees its nodes
 
 
 @pytest.mark.parametrize("name", NAMES)

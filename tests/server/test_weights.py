@@ -113,7 +113,7 @@ def test_the_ui_workflows_download_links_are_the_tables():
 def test_each_workflows_note_names_its_files_where_the_table_puts_them():
     for path in sorted(WORKFLOWS.glob("*.json")):
         nodes = json.loads(path.read_text())["nodes"]
-        note = "\n".join(n["widgets_values"][0] for n in nodes if n["type"] == "Note")
+        note = "\n".join(n["widgets_values"][0] for n in nodes if n["type"] in ("Note", "MarkdownNote"))
         for node in nodes:
             for name in {v for v in node.get("widgets_values") or [] if is_model_file(v)}:
                 assert table.BY_NAME[name].relpath in note, f"{path.name}: the note does not say models/{name}'s folder"

@@ -4,6 +4,9 @@
   chunks are exactly workflows/<name>.json / workflows/api/<name>.json (no host needed: tier 1 too).
 - scripts/build_workflows.py --check against the running server's /object_info: the committed JSONs are
   what the generator writes from the live node definitions (tier 2).
+- The quick start's run (scripts/headless.py run ... --tiny) writes images that carry the shipped workflow, not
+  the tiny graph that ran (tier 2); headless.png_with_workflow, which writes those chunks for it and for the
+  example PNGs, keeps the pixels.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 
 import pytest
 
-from refcustom.tests.comfy_host import REPO_ROOT
+from refcustom.tests.comfy_host import REPO_ROOT, find_comfyui, host_python
 
 from .scripts import load_script
 from .shipped_workflows import NAMES, WORKFLOWS
@@ -72,3 +75,39 @@ def test_generated_workflows_match_the_live_node_definitions(comfy_server, tmp_p
     result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build_workflows.py"), "--check",
                              "--object-info", str(object_info)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"workflows/ is out of date with the live nodes:\n{result.stdout}{result.stderr}"
+
+
+def test_png_with_workflow_replaces_the_chunks_and_keeps_the_pixels(tmp_path):
+    image = pytest.importorskip("PIL.Image")
+    headless = load_script("headless.py")
+    source = WORKFLOWS / "example_outputs" / f"{NAMES[0]}.png"
+    prompt, workflow = {"1": {"class_type": "X", "inputs": {"text": "é"}}}, {"nodes": [], "links": []}
+    # A PNG that carried other chunks gets exactly these; without a UI graph, no `workflow` chunk at all.
+    rewritten = tmp_path / "rewritten.png"
+    rewritten.write_bytes(headless.png_with_workflow(source.read_bytes(), prompt, workflow))
+    assert example_outputs_module().png_chunks(rewritten) == {"prompt": prompt, "workflow": workflow}
+    without_ui = tmp_path / "without_ui.png"
+    without_ui.write_bytes(headless.png_with_workflow(source.read_bytes(), prompt, None))
+    assert example_outputs_module().png_chunks(without_ui) == {"prompt": prompt}
+    with image.open(source) as before, image.open(rewritten) as after:
+        assert after.size == before.size and after.tobytes() == before.tobytes()
+
+
+@pytest.mark.tier2
+def test_the_quick_start_image_carries_the_shipped_workflow_not_the_tiny_graph(tmp_path):
+    """scripts/quickstart.sh's run, shrunk: its PNG dropped on a normal ComfyUI gives dreamo_ip with the real
+    loaders (no RefCustomTest_* fixture node, which only the test server knows)."""
+    pytest.importorskip("PIL")
+    root = find_comfyui()
+    if root is None:
+        pytest.skip("no ComfyUI host")
+    result = subprocess.run([str(host_python(root)), "scripts/headless.py", "run", "workflows/api/dreamo_ip.json",
+                             "--tiny", "--shrink", "--quiet", "--comfyui", str(root), "--out", str(tmp_path)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"the quick start's run failed:\n{result.stdout}{result.stderr[-4000:]}"
+    images = sorted(tmp_path.glob("*.png"))
+    assert len(images) == 1, images
+    chunks = example_outputs_module().png_chunks(images[0])
+    assert chunks["workflow"] == json.loads((WORKFLOWS / "dreamo_ip.json").read_text())
+    assert chunks["prompt"] == json.loads((WORKFLOWS / "api" / "dreamo_ip.json").read_text())
+    assert not [n for n in chunks["prompt"].values() if n["class_type"].startswith("RefCustomTest_")]
