@@ -46,9 +46,7 @@ import argparse
 import contextlib
 import json
 import runpy
-import shutil
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -242,23 +240,9 @@ def tiny_server(graph: dict):
     here = Path(__file__).resolve().parent
     load_module = runpy.run_path(str(here / "load_by_path.py"))["load_module"]
     headless = load_module("refcustom_headless", here / "headless.py")
-    host = headless.comfy_host()
-    root = host.find_comfyui()
-    if root is None:
-        raise ComfyError("--tiny needs a ComfyUI host: set COMFYUI_PATH or run scripts/setup_host.sh")
-    python = host.host_python(root)
-    base_dir = Path(tempfile.mkdtemp(prefix="refcustom-api-tiny-"))
-    server = None
-    try:
-        headless.prepare_base_dir(base_dir)
-        headless.write_tiny_files(base_dir / "models", python=python)
-        print(f"starting a headless ComfyUI with the tiny test models ({root}) ...", file=sys.stderr, flush=True)
-        server = headless.start_server(root, base_dir, extra_env={headless.FIXTURES_ENV: "1"}, python=python)
+    print("starting a headless ComfyUI with the tiny test models ...", file=sys.stderr, flush=True)
+    with headless.tiny_server(prefix="refcustom-api-tiny-") as server:
         yield server.url, headless.shrink_graph(headless.substitute_fixture_loaders(graph))
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(base_dir, ignore_errors=True)
 
 
 def main(argv=None) -> int:

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import runpy
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,30 +82,20 @@ def stale(names: list[str]) -> list[str]:
 
 def build(names: list[str], comfyui: Path | None) -> None:
     headless = _headless()
-    host = _load("refcustom_comfy_host", REPO / "tests" / "comfy_host.py")
-    comfy_root = comfyui or host.find_comfyui()
-    if comfy_root is None:
-        raise SystemExit("no ComfyUI host found: pass --comfyui PATH or set COMFYUI_PATH")
-    python = host.host_python(comfy_root)
-    base_dir = Path(tempfile.mkdtemp(prefix="refcustom-examples-"))
-    server = None
+    EXAMPLE_OUTPUTS.mkdir(parents=True, exist_ok=True)
     try:
-        headless.write_tiny_files(base_dir / "models", python=python)
-        server = headless.start_server(comfy_root, base_dir, python=python, extra_env={headless.FIXTURES_ENV: "1"})
-        EXAMPLE_OUTPUTS.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            graph = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
-            graph = headless.shrink_graph(headless.substitute_fixture_loaders(graph))
-            images = server.images(server.run(graph, timeout=600))
-            if not images:
-                raise SystemExit(f"{name}: the workflow output no image")
-            target = EXAMPLE_OUTPUTS / f"{name}.png"
-            target.write_bytes(with_workflow(images[0], name))
-            print(f"wrote {target.relative_to(REPO)}")
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(base_dir, ignore_errors=True)
+        with headless.tiny_server(comfyui, prefix="refcustom-examples-") as server:
+            for name in names:
+                graph = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+                graph = headless.shrink_graph(headless.substitute_fixture_loaders(graph))
+                images = server.images(server.run(graph, timeout=600))
+                if not images:
+                    raise SystemExit(f"{name}: the workflow output no image")
+                target = EXAMPLE_OUTPUTS / f"{name}.png"
+                target.write_bytes(with_workflow(images[0], name))
+                print(f"wrote {target.relative_to(REPO)}")
+    except headless.HeadlessError as exc:  # no host, the server did not start, or a workflow failed
+        raise SystemExit(str(exc)) from None
 
 
 def main() -> int:

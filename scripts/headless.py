@@ -44,6 +44,7 @@ server helper of the scripts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -617,6 +618,26 @@ def write_tiny_files(models_dir: Path, python=None, repo_root: Path = REPO_ROOT)
     if result.returncode != 0:
         raise HeadlessError(f"writing the tiny DreamO files failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def tiny_server(comfy_root=None, prefix: str = "refcustom-tiny-"):
+    """A headless ComfyUI (CPU) with the tiny fixture models registered and the tiny DreamO files in a fresh
+    models/ folder, in a temporary base directory removed afterwards: what the example builder and the API
+    client's --tiny use. Graphs for it go through `substitute_fixture_loaders` (and `shrink_graph`)."""
+    host = comfy_host()
+    root = Path(comfy_root) if comfy_root else host.find_comfyui()
+    if root is None:
+        raise HeadlessError("no ComfyUI host found: pass --comfyui PATH, set COMFYUI_PATH or run scripts/setup_host.sh")
+    python = host.host_python(root)
+    base_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        prepare_base_dir(base_dir)
+        write_tiny_files(base_dir / "models", python=python)
+        with start_server(root, base_dir, python=python, extra_env={FIXTURES_ENV: "1"}) as server:
+            yield server
+    finally:
+        shutil.rmtree(base_dir, ignore_errors=True)
 
 
 # ---- command line ----
