@@ -221,14 +221,17 @@ class SharedAttentionOverride:
                                   **kwargs)
         return attention
 
-    def _shared(self, q, k, v, attention) -> torch.Tensor:
+    def _shared(self, q, k, v, attention, borrowers: torch.Tensor | None = None) -> torch.Tensor:
+        """MSA of one group: `self.foreground` lends (noise tokens only: tokens FLUX appends after them, DreamO or
+        Kontext references, never lend), `borrowers` borrow (default all)."""
         if self.kernel is not masked_shared_attention:  # another kernel (the dense definition: tests, benchmarks)
             padding = q.shape[2] - self.text_tokens - self.foreground.shape[1]
             foreground = torch.nn.functional.pad(self.foreground, (0, padding), value=False).to(q.device)
-            return self.kernel(q, k, v, self.text_tokens, foreground)
+            borrowing = () if borrowers is None else (borrowers,)  # batch-mode kernels take no borrowers
+            return self.kernel(q, k, v, self.text_tokens, foreground, *borrowing)
         if self.plan is None:
-            # Noise tokens only: tokens FLUX appends after them (DreamO, Kontext references) never lend.
-            self.plan = SharedAttentionPlan.build(self.foreground, self.text_tokens, q.shape[2], device=q.device)
+            self.plan = SharedAttentionPlan.build(self.foreground, self.text_tokens, q.shape[2], borrowers,
+                                                  device=q.device)
         return self.plan.attend(q, k, v, attention)
 
     def __call__(self, func, q, k, v, heads, *args, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
@@ -380,9 +383,11 @@ class ReferenceAttentionOverride(SharedAttentionOverride):
     plan and row indices are made at the first block of the pass, on the model's device."""
 
     def __init__(self, rows: list[int], targets: int, lent: torch.Tensor, text_tokens: int, kernel, previous=None):
-        super().__init__(lent, text_tokens, (), kernel, previous=previous)
+        # Over the group: targets lend nothing, references lend their mask; only targets borrow.
+        foreground = torch.cat([torch.zeros(targets, lent.shape[1], dtype=torch.bool), lent.cpu().bool()])
+        super().__init__(foreground, text_tokens, (), kernel, previous=previous)
         self.rows = rows
-        self.targets = targets
+        self.borrowers = torch.tensor([True] * targets + [False] * (len(rows) - targets))
         self.indices = None  # (group rows, other rows) as device tensors
 
     def __call__(self, func, q, k, v, heads, *args, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
@@ -395,22 +400,10 @@ class ReferenceAttentionOverride(SharedAttentionOverride):
             others = [r for r in range(q.shape[0]) if r not in set(self.rows)]
             self.indices = (torch.tensor(self.rows, dtype=torch.long).to(q.device),
                             torch.tensor(others, dtype=torch.long).to(q.device) if others else None)
-            # Targets lend nothing; references lend their mask; only targets borrow.
-            self.foreground = torch.cat([torch.zeros(self.targets, self.foreground.shape[1], dtype=torch.bool),
-                                         self.foreground.cpu().bool()])
-            self.borrowers = torch.tensor([True] * self.targets + [False] * (len(self.rows) - self.targets))
         group, rest = self.indices
         attention = self._group_attention(func, heads, args, kwargs)
         out = torch.empty_like(q)
-        if self.kernel is not masked_shared_attention:  # the dense definition (tests, benchmarks)
-            padding = q.shape[2] - self.text_tokens - self.foreground.shape[1]
-            foreground = torch.nn.functional.pad(self.foreground, (0, padding), value=False).to(q.device)
-            out[group] = self.kernel(q[group], k[group], v[group], self.text_tokens, foreground, self.borrowers)
-        else:
-            if self.plan is None:
-                self.plan = SharedAttentionPlan.build(self.foreground, self.text_tokens, q.shape[2], self.borrowers,
-                                                      device=q.device)
-            out[group] = self.plan.attend(q[group], k[group], v[group], attention)
+        out[group] = self._shared(q[group], k[group], v[group], attention, self.borrowers)
         if rest is not None:
             out[rest] = attention(q[rest], k[rest], v[rest])
         if skip_output_reshape:
