@@ -68,6 +68,11 @@ class AlignGenCond(comfy.conds.CONDConstant):
         return tuple(row for part in (self, *others) for row in [part.cond] * part.rows)
 
 
+def payload_rows(payload) -> tuple[AlignGenConditioning, ...]:
+    """The model's AlignGen payload as rows: one AlignGenConditioning (the same for every row), or one per row."""
+    return (payload,) if isinstance(payload, AlignGenConditioning) else tuple(payload)
+
+
 def concept_rows(payload, batch: int, text_tokens: int) -> torch.Tensor:
     """[B, T] bool, True on the rows of S* and the concept name, from one payload or one per row."""
     rows = [payload] * batch if isinstance(payload, AlignGenConditioning) else list(payload)
@@ -170,7 +175,7 @@ class AlignGenWrapper:
         if payload is None:
             return executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options, **kwargs)
         ref_latents = ref_latents or []
-        rows = (payload,) if isinstance(payload, AlignGenConditioning) else tuple(payload)
+        rows = payload_rows(payload)
         slot = rows[0].reference_slot
         for reference_batch in sorted({row.reference_batch for row in rows}):
             require_reference_batch("AlignGen Conditioning", reference_batch, latent_batch_of(x, transformer_options),

@@ -94,13 +94,10 @@ def require_named_references(named, references: DreamOReferenceSet | None, trans
 
 def aligngen_slots(model_kwargs: dict) -> frozenset[int]:
     """The reference-latent slot AlignGen Conditioning added to this pass, if any (it may share a conditioning)."""
-    from .aligngen_patch import ALIGNGEN_COND_KEY  # here: aligngen_patch imports this module
+    from .aligngen_patch import ALIGNGEN_COND_KEY, payload_rows  # here: aligngen_patch imports this module
 
     payload = model_kwargs.get(ALIGNGEN_COND_KEY)
-    if payload is None:
-        return frozenset()
-    rows = (payload,) if hasattr(payload, "reference_slot") else tuple(payload)
-    return frozenset(row.reference_slot for row in rows)
+    return frozenset() if payload is None else frozenset(row.reference_slot for row in payload_rows(payload))
 
 
 class DreamOEmbeddingWrapper:
