@@ -178,6 +178,8 @@ def otsu_thresholds(values: torch.Tensor, bins: int = 10) -> torch.Tensor:
     row gets its value: nothing lies above it."""
     values = values.float()
     low, high = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)
+    if bins == 1:
+        return high
     span = high - low
     # histc's rule: bin floor((v - low) * bins / span), the maximum in the last bin.
     index = ((values - low) * bins / span.clamp_min(torch.finfo(torch.float32).tiny)).floor().clamp_(0, bins - 1)
@@ -191,15 +193,8 @@ def otsu_thresholds(values: torch.Tensor, bins: int = 10) -> torch.Tensor:
     mean_below = mass_below / weight_below.clamp_min(1e-12)
     mean_above = (mass_below[:, -1:] - mass_below) / weight_above.clamp_min(1e-12)
     between = weight_below * weight_above * (mean_below - mean_above) ** 2
-    if bins == 1:
-        return high
     best = torch.argmax(between[:, :-1], dim=1, keepdim=True)  # the first maximum, as a Python loop finds
     return torch.where(span > 0, edges[:, 1:].gather(1, best), high)
-
-
-def otsu_threshold(values: torch.Tensor, bins: int = 10) -> torch.Tensor:
-    """Otsu's threshold of a 1-D tensor (see `otsu_thresholds`), as a 0-dim tensor."""
-    return otsu_thresholds(values.flatten().unsqueeze(0), bins)[0, 0]
 
 
 def foreground_from_attention(
@@ -226,8 +221,3 @@ def word_attention_maps(image_queries: torch.Tensor, text_keys: torch.Tensor, wo
     words = logits.index_select(-1, word_tokens.to(logits.device))
     return ((words.float() - peak.float()).exp() / normaliser).mean(dim=(1, 3))
 
-
-def word_attention_map(image_queries: torch.Tensor, text_keys: torch.Tensor, word_tokens) -> torch.Tensor:
-    """One image's map: [H, N, D] queries, [H, T, D] text keys -> [N] (see `word_attention_maps`)."""
-    words = torch.as_tensor(list(word_tokens), dtype=torch.long)
-    return word_attention_maps(image_queries.unsqueeze(0), text_keys.unsqueeze(0), words)[0]

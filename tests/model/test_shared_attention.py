@@ -9,8 +9,9 @@ from refcustom.model.shared_attention import (
     foreground_from_attention,
     foreground_tokens,
     masked_shared_attention,
-    otsu_threshold,
+    otsu_thresholds,
     shared_attention_bias,
+    word_attention_maps,
 )
 
 
@@ -100,14 +101,12 @@ def numpy_otsu(values, bins):
 def test_otsu_matches_numpy(seed):
     rng = np.random.default_rng(seed)
     values = np.concatenate([rng.normal(0.2, 0.05, 300), rng.normal(0.8, 0.05, 100)]).astype(np.float32)
-    ours = float(otsu_threshold(torch.from_numpy(values), bins=10))
+    ours = float(otsu_thresholds(torch.from_numpy(values)[None], bins=10)[0, 0])
     assert ours == pytest.approx(numpy_otsu(values, 10), abs=1e-5)
     assert 0.3 < ours < 0.7
 
 
 def test_batched_otsu_matches_numpy_per_row_and_leaves_constant_rows_empty():
-    from refcustom.model.shared_attention import otsu_thresholds
-
     rng = np.random.default_rng(7)
     rows = [np.concatenate([rng.normal(0.2, 0.05, 300), rng.normal(0.8, 0.05, 100)]),
             rng.gamma(2.0, 1.0, 400), np.full(400, 0.3)]
@@ -119,8 +118,6 @@ def test_batched_otsu_matches_numpy_per_row_and_leaves_constant_rows_empty():
 
 
 def test_batched_word_maps_equal_the_softmax_definition_in_float64():
-    from refcustom.model.shared_attention import word_attention_maps
-
     g = torch.Generator().manual_seed(4)
     q, k = torch.randn(3, 2, 10, 8, generator=g), torch.randn(3, 2, 6, 8, generator=g)
     ours = word_attention_maps(q, k, torch.tensor([1, 4]))
@@ -155,11 +152,9 @@ def test_attention_maps_to_foreground():
 
 
 def test_word_attention_map_is_the_mean_cross_attention_to_the_words():
-    from refcustom.model.shared_attention import word_attention_map
-
     g = torch.Generator().manual_seed(3)
     q, k = torch.randn(3, 10, 8, generator=g), torch.randn(3, 6, 8, generator=g)
-    ours = word_attention_map(q, k, [1, 4])
+    ours = word_attention_maps(q[None], k[None], torch.tensor([1, 4]))[0]  # one image
     probabilities = torch.softmax(torch.einsum("hnd,htd->hnt", q, k) / 8 ** 0.5, dim=-1)
     torch.testing.assert_close(ours, probabilities[:, :, [1, 4]].mean(dim=(0, 2)))
 
