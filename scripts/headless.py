@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Headless ComfyUI: start a server on loopback, queue API-format workflows, fetch the images. Stdlib only.
+"""Headless ComfyUI: start a server on loopback, queue API-format workflows, fetch the images. Stdlib only (but Pillow, ComfyUI's own, to rewrite a PNG's workflow chunks).
 
 As a library (the server tests load this file by path):
 
@@ -46,13 +46,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import io
 import json
 import os
 import runpy
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -61,7 +61,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-import zlib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -470,41 +469,23 @@ def shipped_ui_twin(api_path: Path, api_graph: dict) -> dict | None:
 # ---- PNG metadata: the workflow an image carries ----
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-WORKFLOW_CHUNKS = ("prompt", "workflow")  # ComfyUI SaveImage's text chunks: API graph, UI graph
-
-
-def _png_chunks(png: bytes):
-    """(type, data, raw bytes) of every chunk."""
-    if not png.startswith(PNG_SIGNATURE):
-        raise ValueError("not a PNG file")
-    at = len(PNG_SIGNATURE)
-    while at < len(png):
-        (length,) = struct.unpack(">I", png[at:at + 4])
-        kind = png[at + 4:at + 8]
-        yield kind, png[at + 8:at + 8 + length], png[at:at + 12 + length]
-        at += 12 + length
-
-
-def _text_keyword(kind: bytes, data: bytes) -> str | None:
-    return data.split(b"\0", 1)[0].decode("latin-1") if kind in (b"tEXt", b"iTXt", b"zTXt") else None
 
 
 def png_with_workflow(png: bytes, prompt: dict, workflow: dict | None) -> bytes:
-    """`png` carrying `prompt` (API graph) and `workflow` (UI graph; None: no such chunk) as ComfyUI's SaveImage
-    writes them (tEXt chunks of json.dumps, prompt first), in place of any it carried; pixels and other chunks
-    are kept byte for byte. Dropped on the canvas, the image gives back `workflow` (or, without it, `prompt`)."""
-    texts = [("prompt", prompt)] + ([("workflow", workflow)] if workflow is not None else [])
-    out = [PNG_SIGNATURE]
-    for kind, data, raw in _png_chunks(png):
-        if _text_keyword(kind, data) in WORKFLOW_CHUNKS:
-            continue
-        out.append(raw)
-        if kind == b"IHDR":
-            for key, value in texts:
-                body = key.encode("latin-1") + b"\0" + json.dumps(value).encode("latin-1")
-                out.append(struct.pack(">I", len(body)) + b"tEXt" + body
-                           + struct.pack(">I", zlib.crc32(b"tEXt" + body) & 0xFFFFFFFF))
-    return b"".join(out)
+    """`png` re-saved with ComfyUI SaveImage's text chunks: `prompt` (API graph) and `workflow` (UI graph; None:
+    no such chunk), json.dumps'ed, in place of any it carried; the pixels are kept. Dropped on the canvas, the
+    image gives back `workflow` (or, without it, `prompt`)."""
+    from PIL import Image  # ComfyUI's own dependency; imported here so the rest of this file needs only the stdlib
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(prompt))  # SaveImage's order
+    if workflow is not None:
+        info.add_text("workflow", json.dumps(workflow))
+    out = io.BytesIO()
+    with Image.open(io.BytesIO(png)) as image:
+        image.save(out, format="PNG", pnginfo=info, compress_level=9)
+    return out.getvalue()
 
 
 def _links(graph: dict):
