@@ -32,18 +32,12 @@ count_tests() {  # number of test files under the given folders
   echo "$n"
 }
 
-set +e
-HOST="$("$PY3" tests/comfy_host.py)"
-rc=$?
-set -e
-if [ "$rc" -eq 2 ]; then exit 2; fi   # COMFYUI_PATH is set but wrong: say so (printed above), don't skip tier 2
-
-if [ -z "$HOST" ]; then  # none yet: setup_host.sh may install one (archive or clone)
-  HOST="$(bash scripts/setup_host.sh | tail -n 1)"
-fi
+# Make the host ready (venv, packages, link), or install one if there is none (archive or clone): one run,
+# whose last line on stdout is the host's path (none when no host could be had). A COMFYUI_PATH that is not
+# ComfyUI makes it exit 2 with the reason, and this script with it (pipefail): tier 2 is not skipped silently.
+HOST="$(bash scripts/setup_host.sh | tail -n 1)"
 FLOOR=""
 if [ -n "$HOST" ]; then
-  bash scripts/setup_host.sh >&2
   PY="$("$PY3" tests/comfy_host.py --python)"
   FLOOR="$(bash scripts/setup_floor_host.sh || true)"
   TIERS="TIERS RUN: 1 (no ComfyUI) + 2 (ComfyUI host at $HOST)"
